@@ -1,0 +1,68 @@
+"""Make the napari screenshots of the user guide (real window, real rendering).
+
+Run under an X server, e.g. on a headless machine:
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py
+
+It opens the PyRadiomics ``brain1`` MR image and its lesion label (BSD-3, from ``../shared/data``)
+through the napari-medgen reader, or the synthetic tumour phantom when that data is absent, shows an
+axial slice through the lesion and saves ``docs/images/napari_reader.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+DOCS = Path(__file__).resolve().parent
+REPO = DOCS.parent
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "pyradiomics" / "data"
+
+
+def _process_events(rounds: int = 10) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    for _ in range(rounds):
+        QApplication.processEvents()
+
+
+def reader_screenshot(out: Path, data_dir: Path) -> Path:
+    """Image + lesion labels opened through the plugin reader, axial slice through the lesion centre."""
+    import napari
+    from PIL import Image
+
+    viewer = napari.Viewer(show=True, title="napari-medgen: MR image + lesion label in physical space")
+    image_path, label_path = data_dir / "brain1_image.nrrd", data_dir / "brain1_label.nrrd"
+    if image_path.is_file() and label_path.is_file():
+        [image] = viewer.open(str(image_path), plugin="napari-medgen")
+        [labels] = viewer.open(str(label_path), plugin="napari-medgen")
+    else:
+        image, labels = viewer.open_sample("napari-medgen", "phantom")
+    labels.opacity = 0.55
+    centre = np.argwhere(labels.data > 0).mean(axis=0)
+    world = labels.data_to_world(centre)
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.reset_view()
+    viewer.dims.set_point(0, world[0])
+    viewer.layers.selection = {labels}
+    _process_events()
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(shot)).save(out)
+    viewer.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with brain1_image/label.nrrd")
+    parser.add_argument("--out", type=Path, default=DOCS / "images" / "napari_reader.png")
+    args = parser.parse_args()
+    path = reader_screenshot(args.out, args.data)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Shared fixtures: real data from ../shared/data when present, small synthetic volumes otherwise."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_medgen.core.volume import LabelMap, Volume
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """GUI tests need an X server (pytest-xvfb starts Xvfb); skip them with the fix when there is none."""
+    if shutil.which("Xvfb") or os.environ.get("DISPLAY"):
+        return
+    skip = pytest.mark.skip(reason="no X server: install Xvfb (`make system-deps` as root) to run GUI tests")
+    for item in items:
+        if "gui" in item.keywords:
+            item.add_marker(skip)
+
+
+def _shared_data_dir() -> Path | None:
+    env = os.environ.get("MEDGEN_TEST_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared" / "data")
+    for cand in candidates:
+        if cand.is_dir():
+            return cand
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root of the real-data folder; skips the test with a reason when it is absent."""
+    root = _shared_data_dir()
+    if root is None:
+        pytest.skip("real data not found: set MEDGEN_TEST_DATA or place the shared/ folder beside the repo")
+    return root
+
+
+OBLIQUE_FLIPPED_DIRECTION = tuple(
+    float(v)
+    for v in (
+        np.array(
+            [
+                [0.8660254037844387, -0.5, 0.0],
+                [0.5, 0.8660254037844387, 0.0],
+                [0.0, 0.0, 1.0],
+            ]
+        )
+        @ np.diag([1.0, -1.0, 1.0])
+        @ np.array(
+            [
+                [1.0, 0.0, 0.0],
+                [0.0, 0.9396926207859084, -0.3420201433256687],
+                [0.0, 0.3420201433256687, 0.9396926207859084],
+            ]
+        )
+    ).reshape(-1)
+)
+
+
+@pytest.fixture
+def oblique_volume() -> Volume:
+    """Anisotropic float volume with an oblique, flipped (det = -1) direction matrix."""
+    rng = np.random.default_rng(0)
+    arr = rng.normal(100.0, 20.0, size=(7, 11, 13)).astype(np.float32)
+    return Volume(arr, spacing=(0.7, 1.3, 2.9), origin=(-12.5, 33.25, 7.0), direction=OBLIQUE_FLIPPED_DIRECTION)
+
+
+@pytest.fixture
+def oblique_labels(oblique_volume: Volume) -> LabelMap:
+    """Two-label map on the oblique grid."""
+    arr = np.zeros(oblique_volume.shape, dtype=np.uint8)
+    arr[2:5, 3:8, 4:9] = 1
+    arr[3, 5, 6] = 2
+    return oblique_volume.as_labels(arr)

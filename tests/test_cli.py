@@ -1,0 +1,78 @@
+"""The `medgen` command: info, convert (geometry-true), demo, and clean errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from napari_medgen.cli import app
+from napari_medgen.core import io
+from napari_medgen.core.volume import LabelMap, Volume
+
+runner = CliRunner()
+
+
+def test_info_json_lists_versions_device_and_models() -> None:
+    result = runner.invoke(app, ["info", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["packages"]["torch"].startswith("2.")
+    assert data["device"]
+    assert "segmenter" in data["trainable_models"]
+    assert isinstance(data["bundled_models"], list)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ""])
+def test_convert_chain_keeps_voxels_and_geometry(tmp_path: Path, oblique_volume: Volume, ext: str) -> None:
+    src = io.write_volume(oblique_volume, tmp_path / "src.nrrd")
+    dst = tmp_path / f"converted{ext or '_dicom'}"
+    back = tmp_path / "back.nii.gz"
+    data = oblique_volume
+    if ext == "":  # DICOM stores integers exactly and has only right-handed grids (see core/io.py)
+        right_handed = (oblique_volume.direction_matrix @ np.diag([1.0, 1.0, -1.0])).reshape(-1)
+        data = oblique_volume.with_array(
+            np.round(oblique_volume.array).astype(np.int16), direction=tuple(right_handed)
+        )
+        src = io.write_volume(data, tmp_path / "src_int.nrrd")
+    for a, b in ((src, dst), (dst, back)):
+        result = runner.invoke(app, ["convert", str(a), str(b)])
+        assert result.exit_code == 0, result.output
+    out = io.read_volume(back)
+    np.testing.assert_array_equal(out.array, data.array)
+    assert out.same_grid(data, 1e-6)
+
+
+def test_convert_labels_to_seg_nrrd(tmp_path: Path, oblique_labels: LabelMap) -> None:
+    src = io.write_volume(oblique_labels, tmp_path / "labels.nii.gz")
+    result = runner.invoke(app, ["convert", str(src), str(tmp_path / "labels.seg.nrrd"), "--labels"])
+    assert result.exit_code == 0, result.output
+    back = io.read_labels(tmp_path / "labels.seg.nrrd")
+    np.testing.assert_array_equal(back.array, oblique_labels.array)
+    assert back.same_grid(oblique_labels)
+
+
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("not an image")
+    result = runner.invoke(app, ["convert", str(bogus), str(tmp_path / "out.nii.gz")])
+    assert result.exit_code == 2
+    assert "error:" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_demo_writes_outputs_and_exact_round_trips(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["all_round_trips_exact"] is True
+    for name in report["outputs"]:
+        assert (out / name).is_file(), name
+    brain = io.read_volume(out / "mni152_t1.nii.gz")
+    assert brain.shape == (189, 233, 197)
+    assert brain.spacing == (1.0, 1.0, 1.0)
