@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from napari_medgen.core import io
+from napari_medgen.core.atomic import atomic_write_text
 from napari_medgen.core.montage import save_montage
 from napari_medgen.core.progress import Job, ProgressEvent
 from napari_medgen.core.volume import GEOMETRY_TOLERANCE, LabelMap, Volume
@@ -86,8 +87,6 @@ def run_demo(out_dir: str | Path) -> Job[dict[str, Any]]:
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "outputs": outputs + ["report.json"],
     }
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out / "report.json")
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     yield ProgressEvent(total, total, "demo", "done")
     return report

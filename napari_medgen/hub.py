@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from napari_medgen.errors import CheckpointError, InvalidInputError
+from napari_medgen.errors import CheckpointError, InvalidInputError, MedGenError
 
 if TYPE_CHECKING:
     import torch
@@ -418,7 +418,7 @@ def from_pretrained(
     cls = _model_class(model_type)
     try:
         model = cls(**config_json["config"])
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, MedGenError) as error:
         raise CheckpointError(
             f"The config.json in {folder} does not fit {cls.__name__} in this napari-medgen version ({error}). "
             "Re-export the checkpoint with this version or upgrade napari-medgen."

@@ -76,3 +76,52 @@ def test_demo_writes_outputs_and_exact_round_trips(tmp_path: Path) -> None:
     brain = io.read_volume(out / "mni152_t1.nii.gz")
     assert brain.shape == (189, 233, 197)
     assert brain.spacing == (1.0, 1.0, 1.0)
+
+
+def _phantom_files(tmp_path: Path) -> tuple[Path, Path]:
+    from napari_medgen.sample_data import make_phantom
+
+    image, labels = make_phantom(shape=(24, 32, 32), spacing=(3.0, 3.0, 4.0), seed=2)
+    return (io.write_volume(image, tmp_path / "case1_image.nrrd"),
+            io.write_volume(labels, tmp_path / "case1_label.nrrd"))
+
+
+def test_radiomics_single_pair_to_stdout_matches_engine(tmp_path: Path) -> None:
+    from napari_medgen.radiomics import extract_features
+
+    image_path, label_path = _phantom_files(tmp_path)
+    result = runner.invoke(app, ["radiomics", str(image_path), str(label_path), "--label", "2"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    expected = extract_features(io.read_volume(image_path), io.read_labels(label_path), 2)
+    assert row["Label"] == 2
+    for name, value in expected.items():
+        assert row[name] == pytest.approx(value, rel=1e-12) or (row[name] is None and np.isnan(value))
+
+
+def test_radiomics_folder_batch_with_params_file(tmp_path: Path) -> None:
+    import csv
+
+    _phantom_files(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text("setting:\n  binWidth: 10\n  label: 1\nfeatureClass:\n  shape: [VoxelVolume, Sphericity]\n"
+                      "  glcm: []\n")
+    out = tmp_path / "features.csv"
+    result = runner.invoke(app, ["radiomics", str(tmp_path), "--params", str(params), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    with out.open() as handle:
+        [row] = list(csv.DictReader(handle))
+    assert row["Case"] == "case1"
+    shape_cols = [c for c in row if c.startswith("original_shape_")]
+    assert sorted(shape_cols) == ["original_shape_Sphericity", "original_shape_VoxelVolume"]
+    assert any(c.startswith("original_glcm_") for c in row)
+    assert not any(c.startswith("original_firstorder_") for c in row)
+
+
+def test_radiomics_refuses_filtered_image_types(tmp_path: Path) -> None:
+    image_path, label_path = _phantom_files(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text("imageType:\n  Original: {}\n  Wavelet: {}\n")
+    result = runner.invoke(app, ["radiomics", str(image_path), str(label_path), "--params", str(params)])
+    assert result.exit_code == 2
+    assert "Wavelet" in result.output

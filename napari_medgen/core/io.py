@@ -156,6 +156,8 @@ def to_sitk(volume: Volume) -> sitk.Image:
     """A SimpleITK image with the voxels and geometry of ``volume`` (metadata is not copied).
 
     Booleans become uint8 and float16 becomes float32 because ITK has no such pixel types.
+    Subnormal direction entries (< 1e-307, e.g. left by a QR decomposition) are flushed to 0:
+    ITK's SVD turns them into NaN and every resampled voxel would silently become background.
     """
     arr = np.asarray(volume.array)
     if arr.dtype == np.bool_:
@@ -165,7 +167,8 @@ def to_sitk(volume: Volume) -> sitk.Image:
     image = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=False)
     image.SetSpacing(volume.spacing)
     image.SetOrigin(volume.origin)
-    image.SetDirection(volume.direction)
+    direction = np.asarray(volume.direction)
+    image.SetDirection(tuple(np.where(np.abs(direction) < np.finfo(float).tiny, 0.0, direction)))
     return image
 
 

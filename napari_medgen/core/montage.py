@@ -130,20 +130,12 @@ def montage_image(
 
 def save_montage(path: str | Path, volume: Volume, labels: LabelMap | None = None, **kwargs) -> Path:
     """Write the montage PNG atomically and return its path."""
-    import os
-    import tempfile
+    from napari_medgen.core.atomic import atomic_file
 
     out = Path(path)
     if out.suffix.lower() != ".png":
         raise InvalidInputError(f"Montages are PNG files; got '{out.name}'. Use a .png file name.")
-    out.parent.mkdir(parents=True, exist_ok=True)
     canvas = montage_image(volume, labels, **kwargs)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_file(out) as tmp:
         canvas.save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out

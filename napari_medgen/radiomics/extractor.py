@@ -19,10 +19,7 @@ DEFAULT_CLASSES = ("shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngt
 
 def _classes(feature_classes: Iterable[str] | None, settings: RadiomicsSettings) -> list[str]:
     if feature_classes is None:
-        wanted = list(DEFAULT_CLASSES)
-        if settings.force2D:
-            wanted = ["shape2D" if c == "shape" else c for c in wanted]
-        return wanted
+        return list(DEFAULT_CLASSES)
     wanted = [str(c) for c in feature_classes]
     bad = [c for c in wanted if c not in FEATURE_CLASSES]
     if bad:
@@ -42,9 +39,9 @@ def compute_prepared(roi: PreparedROI, settings: RadiomicsSettings, classes: Ite
         if cls == "shape":
             vals = shape.shape_features(roi.shape_mask, roi.spacing)
         elif cls == "shape2D":
-            from napari_medgen.radiomics import shape2d
-
-            vals = shape2d.shape2d_features(roi.shape_mask, roi.spacing, settings)
+            raise InvalidInputError(
+                "The shape2D feature class is not available yet; request 'shape' (3D shape) instead."
+            )
         elif cls == "firstorder":
             vals = firstorder.firstorder_features(
                 roi.image[roi.mask], levels[roi.mask], float(np.prod(roi.spacing)), settings.voxelArrayShift
@@ -102,7 +99,7 @@ def extract_features_batch(
     classes = _classes(feature_classes, cfg)
     rows: list[dict[str, float] | None] = []
     names: list[str] = []
-    for img, m in zip(imgs, msk.astype(bool)):
+    for img, m in zip(imgs, msk.astype(bool), strict=False):
         if not m.any():
             rows.append(None)
             continue

@@ -7,6 +7,8 @@ use the mesh vertices; axis lengths come from the eigenvalues of the voxel-centr
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 FEATURES = (
@@ -63,10 +65,8 @@ def _max_in_plane(points: np.ndarray, axis: int) -> float:
     if len(pts) > 32:
         from scipy.spatial import ConvexHull, QhullError
 
-        try:
+        with contextlib.suppress(QhullError, ValueError):
             pts = pts[ConvexHull(pts).vertices]
-        except (QhullError, ValueError):
-            pass
     diff = pts[:, None, :] - pts[None, :, :]
     return float(np.sqrt((diff * diff).sum(-1).max()))
 
@@ -100,10 +100,7 @@ def shape_features(mask: np.ndarray, spacing_xyz: tuple[float, float, float]) ->
     out["Maximum2DDiameterColumn"] = _max_in_planes(uverts, 1)
     out["Maximum2DDiameterRow"] = _max_in_planes(uverts, 2)
     coords = np.argwhere(mask).astype(np.float64) * np.array([spacing_xyz[2], spacing_xyz[1], spacing_xyz[0]])
-    if n_vox > 1:
-        eig = np.sort(np.linalg.eigvalsh(np.cov(coords, rowvar=False, bias=True)))
-    else:
-        eig = np.zeros(3)
+    eig = np.sort(np.linalg.eigvalsh(np.cov(coords, rowvar=False, bias=True))) if n_vox > 1 else np.zeros(3)
     eig = np.where((eig < 0) & (eig > -1e-10), 0.0, eig)
     least, minor, major = eig
     out["MajorAxisLength"] = float(4 * np.sqrt(major))

@@ -125,7 +125,10 @@ def gldm_matrix(grid: _Grid, alpha: float) -> np.ndarray:
 
 
 def ngtdm_matrix(grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
-    """Per gray level (index = level - 1): n_i (voxels with >= 1 ROI neighbour) and s_i (sum |i - mean nb|)."""
+    """Per gray level (index = level - 1): n_i (ROI voxels) and s_i (sum |i - mean of ROI neighbours|).
+
+    A voxel without any ROI neighbour counts in n_i but adds nothing to s_i.
+    """
     total = np.zeros(grid.idx.size, dtype=np.float64)
     count = np.zeros(grid.idx.size, dtype=np.int64)
     for step in _neighbour_steps(grid):
@@ -135,7 +138,7 @@ def ngtdm_matrix(grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
         count += ok
     valid = count > 0
     diff = np.abs(grid.values[valid] - total[valid] / count[valid])
-    n = np.bincount(grid.values[valid] - 1, minlength=grid.ng).astype(np.float64)
+    n = np.bincount(grid.values - 1, minlength=grid.ng).astype(np.float64)
     s = np.bincount(grid.values[valid] - 1, weights=diff, minlength=grid.ng)
     return n, s
 

@@ -231,12 +231,11 @@ class Trainer:
                     "Start the run without --resume / resume: true."
                 )
             return latest
-        if latest is not None or (self.out_dir / LOSS_LOG).exists():
-            if not cfg.overwrite:
-                raise ConfigError(
-                    f"{self.out_dir} already holds a training run. Continue it with --resume (resume: true), "
-                    "start afresh with overwrite: true (deletes its checkpoints and logs), or choose another out_dir."
-                )
+        if (latest is not None or (self.out_dir / LOSS_LOG).exists()) and not cfg.overwrite:
+            raise ConfigError(
+                f"{self.out_dir} already holds a training run. Continue it with --resume (resume: true), "
+                "start afresh with overwrite: true (deletes its checkpoints and logs), or choose another out_dir."
+            )
         return None
 
     def _clear_previous_run(self) -> None:
@@ -540,6 +539,8 @@ class Trainer:
             message = " ".join(f"{k}={v:.4g}" for k, v in losses.items())
             try:
                 reporter.advance(1, message)
+                if self.cancel is not None:  # a stop requested while this step ran ends the run here
+                    self.cancel.raise_if_cancelled()
             except CancelledError:
                 if last_saved != done:
                     self._save_checkpoint(accelerator, done, epoch, emas)

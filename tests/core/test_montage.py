@@ -21,8 +21,9 @@ def _blob(direction: tuple[float, ...]) -> tuple[Volume, LabelMap]:
 
 def test_flipped_direction_gives_the_same_picture() -> None:
     vol, lab = _blob((1, 0, 0, 0, 1, 0, 0, 0, 1))
-    flipped_x = Volume(vol.array[:, :, ::-1], spacing=vol.spacing, origin=(29.0, 0.0, 0.0),
-                       direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1))
+    flipped_x = Volume(
+        vol.array[:, :, ::-1], spacing=vol.spacing, origin=(29.0, 0.0, 0.0), direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1)
+    )
     flipped_lab = flipped_x.as_labels(lab.array[:, :, ::-1])
     a = np.asarray(montage_image(vol, lab))
     b = np.asarray(montage_image(flipped_x, flipped_lab))

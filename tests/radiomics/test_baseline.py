@@ -7,10 +7,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+from radiomics_test_helpers import close, read_pair
 
 from napari_medgen.radiomics import RadiomicsSettings, extract_features
-
-from radiomics_test_helpers import close, read_pair
 
 # Classes whose baseline we do not reproduce yet (reason shown in the skip message).
 NOT_IMPLEMENTED = {

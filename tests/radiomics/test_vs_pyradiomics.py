@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from radiomics_test_helpers import close, to_sitk
 
 from napari_medgen.core.volume import LabelMap, Volume
 from napari_medgen.radiomics import extract_features, extract_features_batch
-
-from radiomics_test_helpers import close, to_sitk
 
 MESH = {"original_shape_MeshVolume", "original_shape_SurfaceArea", "original_shape_Sphericity",
         "original_shape_SurfaceVolumeRatio"}

@@ -23,7 +23,9 @@ def register_task(name: str) -> Callable[[T], T]:
     def decorate(cls: T) -> T:
         existing = _TASKS.get(name)
         if existing is not None and existing.__qualname__ != cls.__qualname__:
-            raise ConfigError(f"Training task {name!r} is registered twice ({existing.__qualname__}, {cls.__qualname__}).")
+            raise ConfigError(
+                f"Training task {name!r} is registered twice ({existing.__qualname__}, {cls.__qualname__})."
+            )
         cls.name = name
         _TASKS[name] = cls
         return cls

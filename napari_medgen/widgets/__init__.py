@@ -1,0 +1,1 @@
+"""napari dock widgets: thin adapters from layers to the backend."""

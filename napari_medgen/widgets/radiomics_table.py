@@ -1,0 +1,126 @@
+"""Dock widget "Radiomics features": image layer + labels layer + label value -> table grouped by class.
+
+A thin adapter: layers become `Volume`/`LabelMap` through `napari_medgen.layers`, features come from
+`napari_medgen.radiomics.table` (the same code as ``medgen radiomics``), and the computation runs in a
+napari thread worker so the viewer stays responsive on large scans.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox, Table, create_widget
+
+from napari_medgen.errors import InvalidInputError, MedGenError
+
+if TYPE_CHECKING:
+    import napari
+
+_COLUMNS = ("class", "feature", "value", "unit")
+
+
+class RadiomicsTableWidget(Container):
+    """Compute pyradiomics-named features of one label and show/export them."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._image: ComboBox = create_widget(annotation="napari.layers.Image", label="image")
+        self._labels: ComboBox = create_widget(annotation="napari.layers.Labels", label="labels")
+        self._label_value = SpinBox(value=1, min=1, max=65535, label="label value")
+        self._params = FileEdit(mode="r", filter="*.yaml *.yml", label="params (optional)", value="")
+        self._compute = PushButton(text="Compute features")
+        self._export_path = FileEdit(mode="w", filter="*.csv", label="export to", value="")
+        self._export = PushButton(text="Export CSV", enabled=False)
+        self._status = Label(value="")
+        self.table = Table(value={"data": [], "index": [], "columns": list(_COLUMNS)})
+        self.features: dict[str, float] = {}
+        self._compute.changed.connect(self._start)
+        self._export.changed.connect(self._export_clicked)
+        self.extend([self._image, self._labels, self._label_value, self._params, self._compute,
+                     self._status, self.table, self._export_path, self._export])
+        self.worker: Any = None
+
+    # ---- computation ---------------------------------------------------------------------------------
+    def _inputs(self):  # noqa: ANN202 - returns (Volume, LabelMap, int, RadiomicsParams)
+        from napari_medgen.layers import labels_layer_to_labelmap, layer_to_volume
+        from napari_medgen.radiomics.params import RadiomicsParams, load_params
+        from napari_medgen.radiomics.settings import RadiomicsSettings
+
+        image_layer, labels_layer = self._image.value, self._labels.value
+        if image_layer is None or labels_layer is None:
+            raise InvalidInputError("Choose an image layer and a labels layer (open a scan and its segmentation).")
+        image = layer_to_volume(image_layer)
+        labels = labels_layer_to_labelmap(labels_layer, image)
+        params_path = str(self._params.value or "")
+        params = load_params(params_path) if params_path not in ("", ".") else RadiomicsParams(RadiomicsSettings())
+        return image, labels, int(self._label_value.value), params
+
+    def compute(self) -> dict[str, float]:
+        """Synchronous computation (used by tests and scripts); fills the table."""
+        from napari_medgen.radiomics.table import features_for
+
+        image, labels, label, params = self._inputs()
+        self._show(features_for(image, labels, label, params))
+        return self.features
+
+    def _start(self) -> None:
+        from napari.qt.threading import create_worker
+
+        from napari_medgen.radiomics.table import features_for
+
+        try:
+            image, labels, label, params = self._inputs()
+        except MedGenError as error:
+            self._report(error)
+            return
+        self._compute.enabled = False
+        self._status.value = "computing..."
+        self.worker = create_worker(features_for, image, labels, label, params, _start_thread=False, _ignore_errors=True)
+        self.worker.returned.connect(self._show)
+        self.worker.errored.connect(self._report)
+        self.worker.finished.connect(lambda: setattr(self._compute, "enabled", True))
+        self.worker.start()
+
+    def _show(self, features: dict[str, float]) -> None:
+        from napari_medgen.radiomics.table import group_by_class
+
+        self.features = dict(features)
+        rows = [
+            [cls, feature, value, unit]
+            for cls, items in group_by_class(features).items()
+            for feature, value, unit in items
+        ]
+        self.table.value = {"data": rows, "index": list(range(len(rows))), "columns": list(_COLUMNS)}
+        self._export.enabled = True
+        self._status.value = f"{len(rows)} features of label {int(self._label_value.value)}"
+
+    def _report(self, error: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        self._status.value = f"error: {error}"
+        show_error(str(error))
+
+    # ---- export --------------------------------------------------------------------------------------
+    def export_csv(self, path: str | Path) -> Path:
+        """Write the current features as a one-row pyradiomics-style CSV."""
+        from napari_medgen.radiomics.table import case_row, write_table
+
+        if not self.features:
+            raise InvalidInputError("Compute features before exporting them.")
+        image_name = self._image.value.name if self._image.value is not None else ""
+        labels_name = self._labels.value.name if self._labels.value is not None else ""
+        row = case_row(image_name, image_name, labels_name, int(self._label_value.value), self.features)
+        return write_table([row], path)
+
+    def _export_clicked(self) -> None:
+        path = str(self._export_path.value or "")
+        if path in ("", "."):
+            self._status.value = "choose a .csv file to export to"
+            return
+        try:
+            self.export_csv(path)
+            self._status.value = f"exported to {path}"
+        except MedGenError as error:
+            self._report(error)
