@@ -69,7 +69,7 @@ def test_demo_writes_outputs_and_exact_round_trips(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = runner.invoke(app, ["demo", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["all_round_trips_exact"] is True
     for name in report["outputs"]:
         assert (out / name).is_file(), name

@@ -42,11 +42,11 @@ def test_round_trip_restores_weights_config_extra_and_card(tmp_path: Path) -> No
     folder = save_pretrained(model, tmp_path / "seg", extra={"mean": 1.5, "classes": ["bg", "lesion"]},
                              card={"data": "synthetic discs", "metrics": {"dice": 0.91}, "licence": "CC0"})
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
-    config = json.loads((folder / "config.json").read_text())
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     assert config["model_type"] == "segmenter"
     assert config["config"]["channels"] == [4, 8]
     assert config["extra"] == {"mean": 1.5, "classes": ["bg", "lesion"]}
-    card = (folder / "README.md").read_text()
+    card = (folder / "README.md").read_text(encoding="utf-8")
     for section in ("## Training data", "## Training", "## Hardware", "## Metrics", "## Licence"):
         assert section in card
     assert "synthetic discs" in card and "0.91" in card and "CC0" in card
@@ -66,7 +66,7 @@ def test_round_trip_restores_weights_config_extra_and_card(tmp_path: Path) -> No
 
 def test_card_text_is_written_verbatim(tmp_path: Path) -> None:
     folder = save_pretrained(tiny_segmenter(), tmp_path / "m", card="# My card\nTrained on nothing.")
-    assert (folder / "README.md").read_text() == "# My card\nTrained on nothing.\n"
+    assert (folder / "README.md").read_text(encoding="utf-8") == "# My card\nTrained on nothing.\n"
     with pytest.raises(InvalidInputError, match="licnce"):
         save_pretrained(tiny_segmenter(), tmp_path / "m2", card={"licnce": "MIT"})
 
@@ -88,7 +88,7 @@ def test_save_replaces_a_checkpoint_atomically_and_refuses_other_folders(tmp_pat
     target = tmp_path / "ckpt"
     save_pretrained(tiny_segmenter(), target, extra={"version": 1})
     save_pretrained(tiny_segmenter(), target, extra={"version": 2})
-    assert json.loads((target / "config.json").read_text())["extra"] == {"version": 2}
+    assert json.loads((target / "config.json").read_text(encoding="utf-8"))["extra"] == {"version": 2}
 
     import safetensors.torch
 
@@ -99,7 +99,7 @@ def test_save_replaces_a_checkpoint_atomically_and_refuses_other_folders(tmp_pat
     with pytest.raises(OSError, match="disk full"):
         save_pretrained(tiny_segmenter(), target, extra={"version": 3})
     monkeypatch.undo()
-    assert json.loads((target / "config.json").read_text())["extra"] == {"version": 2}
+    assert json.loads((target / "config.json").read_text(encoding="utf-8"))["extra"] == {"version": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp folders left behind
 
     user_folder = tmp_path / "documents"
@@ -107,7 +107,7 @@ def test_save_replaces_a_checkpoint_atomically_and_refuses_other_folders(tmp_pat
     (user_folder / "thesis.txt").write_text("precious")
     with pytest.raises(InvalidInputError, match="not a napari-medgen checkpoint"):
         save_pretrained(tiny_segmenter(), user_folder)
-    assert (user_folder / "thesis.txt").read_text() == "precious"
+    assert (user_folder / "thesis.txt").read_text(encoding="utf-8") == "precious"
 
 
 def test_unregistered_models_cannot_be_saved(tmp_path: Path) -> None:
@@ -150,7 +150,7 @@ def test_wrong_model_type_names_both_types(tmp_path: Path) -> None:
 
 def test_unknown_model_type(tmp_path: Path) -> None:
     folder = save_pretrained(TiedModel(3), tmp_path / "tied")
-    config = json.loads((folder / "config.json").read_text())
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     config["model_type"] = "from-the-future"
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="does not know"):
@@ -159,7 +159,7 @@ def test_unknown_model_type(tmp_path: Path) -> None:
 
 def test_state_dict_mismatch_names_the_first_keys(tmp_path: Path) -> None:
     folder = save_pretrained(tiny_segmenter(), tmp_path / "m")
-    config = json.loads((folder / "config.json").read_text())
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     config["config"]["channels"] = [4, 6]  # same keys, different shapes
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"shape mismatches \[.*net\..*\(checkpoint"):

@@ -33,9 +33,7 @@ _INTERPOLATORS = {
 def _points(values: np.ndarray | Sequence[float] | Sequence[Sequence[float]], name: str) -> np.ndarray:
     arr = np.asarray(values, dtype=float)
     if arr.ndim == 0 or arr.shape[-1] != 3:
-        raise InvalidInputError(
-            f"{name} must have 3 coordinates per point (shape (3,) or (N, 3)); got {arr.shape}."
-        )
+        raise InvalidInputError(f"{name} must have 3 coordinates per point (shape (3,) or (N, 3)); got {arr.shape}.")
     if not np.all(np.isfinite(arr)):
         raise InvalidInputError(f"{name} contains NaN or Inf.")
     return arr
@@ -217,17 +215,13 @@ def paste(
         raise InvalidInputError(f"start_zyx must be 3 whole voxel indices (z, y, x); got {start}.")
     start_arr = start_arr.astype(int)
     if isinstance(target, LabelMap) and feather_mm > 0:
-        raise InvalidInputError(
-            "Label maps are pasted without feathering; use feather_mm=0 (blend images only)."
-        )
+        raise InvalidInputError("Label maps are pasted without feathering; use feather_mm=0 (blend images only).")
     if mask is None:
         region = np.ones(patch_volume.shape, dtype=bool)
     else:
         mask_arr = np.asarray(mask.array if isinstance(mask, Volume) else mask)
         if mask_arr.shape != patch_volume.shape:
-            raise GeometryMismatchError(
-                f"mask shape {mask_arr.shape} differs from patch shape {patch_volume.shape}."
-            )
+            raise GeometryMismatchError(f"mask shape {mask_arr.shape} differs from patch shape {patch_volume.shape}.")
         region = mask_arr != 0
     weights = blend_weights(region, patch_volume.spacing_zyx, feather_mm)
     shape = np.asarray(target.shape)
@@ -261,8 +255,7 @@ def _interpolator(volume: Volume, name: str) -> int:
         raise InvalidInputError(f"Unknown interpolator {name!r}; choose one of {['auto', *_INTERPOLATORS]}.")
     if isinstance(volume, LabelMap) and name in ("linear", "bspline"):
         raise InvalidInputError(
-            f"{name!r} interpolation would invent fractional labels; use 'nearest' or 'label_gaussian' for "
-            "label maps."
+            f"{name!r} interpolation would invent fractional labels; use 'nearest' or 'label_gaussian' for label maps."
         )
     return _INTERPOLATORS[name]
 
@@ -294,9 +287,7 @@ def _resample(
     resampler.SetOutputPixelType(image.GetPixelID() if exact_type else sitk.sitkFloat64)
     result = sitk.GetArrayFromImage(resampler.Execute(image))
     result = _cast_like(result, volume.array.dtype if volume.array.dtype != np.bool_ else np.dtype(np.uint8))
-    return type(volume)(
-        result, spacing=spacing, origin=origin, direction=direction, metadata=dict(volume.metadata)
-    )
+    return type(volume)(result, spacing=spacing, origin=origin, direction=direction, metadata=dict(volume.metadata))
 
 
 def resample_to_spacing(

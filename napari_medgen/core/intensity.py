@@ -113,9 +113,7 @@ class IntensityNormalizer:
         key = str(preset).strip().lower().replace(" ", "_").replace("-", "_")
         if key not in CT_WINDOW_PRESETS:
             known = ", ".join(f"{k} ({lvl:g}/{wid:g})" for k, (lvl, wid) in CT_WINDOW_PRESETS.items())
-            raise InvalidInputError(
-                f"Unknown CT window preset {preset!r}. Known presets (level/width HU): {known}."
-            )
+            raise InvalidInputError(f"Unknown CT window preset {preset!r}. Known presets (level/width HU): {known}.")
         level, width = CT_WINDOW_PRESETS[key]
         return cls.from_window(level, width, out_range, clip=clip, name=key)
 

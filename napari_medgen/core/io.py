@@ -10,16 +10,25 @@ this module adds the rules napari-medgen promises on top of it:
 * every failure is a `MedGenError` that says what is wrong and what to do.
 
 Format notes
-* DICOM has no left-handed voxel grids: slices are ordered along ``row x column`` of the
-  ImageOrientationPatient. A volume whose direction matrix has determinant -1 therefore comes back
-  from a DICOM folder with its slice axis reversed (same voxel values at the same physical points).
+* DICOM has no left-handed voxel grids: readers order slices along ``row x column`` of the
+  ImageOrientationPatient. A volume whose direction matrix has determinant -1 is therefore written as
+  the equivalent right-handed grid (`geometry.right_handed`: slice axis reversed, same voxel values at
+  the same physical points) and reads back that way.
 * DICOM stores integers. Integer volumes round-trip exactly (8, 16 and 32 bit). Float volumes whose
   values are all whole numbers are stored as 16/32-bit integers (exact; they read back as integers).
   Other float volumes are quantised to 16 bits with RescaleSlope/RescaleIntercept:
   ``slope = (max - min) / 65000``, so each voxel comes back within ``slope / 2`` of its value; a
   `UserWarning` says so. Use NIfTI, NRRD or MHA to keep float voxels exact.
+* DICOM folders: a folder holding several series reads the one with most files (say which with
+  ``series_uid=``; ``metadata["dicom_series_note"]`` lists them); unevenly spaced slices give a
+  `UserWarning`. Writing replaces an existing folder only if it holds nothing but DICOM files.
+* Slicer ``.seg.nrrd``: written as a labelmap NRRD with ``Segment<i>_*`` fields (3D Slicer reads the
+  segments, names and colours); multi-layer files are flattened into one label map when segments do
+  not overlap (otherwise pick a layer with ``channel=``).
 * 2D formats keep only the in-plane spacing; origin, direction and slice spacing are not stored.
-  JPEG is lossy.
+  JPEG is lossy. PNG holds uint8/uint16, JPEG/BMP uint8, TIFF any voxel type.
+* Truncated files raise `CorruptFileError` (ITK alone reads a truncated NIfTI silently as zeros, so
+  NIfTI files are checked against the size their header announces).
 * Header metadata of the source file is exposed in ``Volume.metadata`` but is not written back:
   keys are format specific. For DICOM only ``Modality`` and ``SeriesInstanceUID`` are kept (privacy).
 """
@@ -156,8 +165,8 @@ def to_sitk(volume: Volume) -> sitk.Image:
     """A SimpleITK image with the voxels and geometry of ``volume`` (metadata is not copied).
 
     Booleans become uint8 and float16 becomes float32 because ITK has no such pixel types.
-    Subnormal direction entries (< 1e-307, e.g. left by a QR decomposition) are flushed to 0:
-    ITK's SVD turns them into NaN and every resampled voxel would silently become background.
+    Vanishing direction entries (< 1e-200, e.g. left by a QR decomposition) are flushed to 0: near the
+    subnormal range ITK's SVD turns them into NaN and every resampled voxel would become background.
     """
     arr = np.asarray(volume.array)
     if arr.dtype == np.bool_:
@@ -168,7 +177,7 @@ def to_sitk(volume: Volume) -> sitk.Image:
     image.SetSpacing(volume.spacing)
     image.SetOrigin(volume.origin)
     direction = np.asarray(volume.direction)
-    image.SetDirection(tuple(np.where(np.abs(direction) < np.finfo(float).tiny, 0.0, direction)))
+    image.SetDirection(tuple(float(v) for v in np.where(np.abs(direction) < 1e-200, 0.0, direction)))
     return image
 
 
@@ -287,9 +296,7 @@ def _dicom_positions_warning(reader: sitk.ImageSeriesReader, image: sitk.Image, 
     if count < 3:
         return
     try:
-        positions = np.array(
-            [[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(count)]
-        )
+        positions = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(count)])
     except (RuntimeError, ValueError):
         return
     normal = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
@@ -371,13 +378,16 @@ def _segments(meta: Mapping[str, str]) -> list[dict[str, Any]]:
     segs = []
     i = 0
     while f"Segment{i}_ID" in meta or f"Segment{i}_LabelValue" in meta:
-        segs.append(
-            {
-                "name": meta.get(f"Segment{i}_Name", meta.get(f"Segment{i}_ID", f"Segment_{i + 1}")),
-                "layer": int(meta.get(f"Segment{i}_Layer", "0") or 0),
-                "value": int(meta.get(f"Segment{i}_LabelValue", "1") or 1),
-            }
-        )
+        try:
+            layer = int(meta.get(f"Segment{i}_Layer", "0") or 0)
+            value = int(meta.get(f"Segment{i}_LabelValue", "1") or 1)
+        except ValueError as err:
+            raise CorruptFileError(
+                f"Segment {i} has a non-integer layer or label value in the header ({err}); re-save the "
+                "segmentation from 3D Slicer."
+            ) from err
+        name = meta.get(f"Segment{i}_Name", meta.get(f"Segment{i}_ID", f"Segment_{i + 1}"))
+        segs.append({"name": name, "layer": layer, "value": value})
         i += 1
     return segs
 
@@ -429,9 +439,7 @@ def _select_channel(image: sitk.Image, channel: int, path: Path) -> sitk.Image:
     if image.GetNumberOfComponentsPerPixel() > 1:
         n = image.GetNumberOfComponentsPerPixel()
         if not 0 <= channel < n:
-            raise InvalidInputError(
-                f"channel={channel} is out of range: {path} has {n} components (0..{n - 1})."
-            )
+            raise InvalidInputError(f"channel={channel} is out of range: {path} has {n} components (0..{n - 1}).")
         return sitk.VectorIndexSelectionCast(image, channel)
     if image.GetDimension() == 4:
         size = list(image.GetSize())
@@ -441,9 +449,7 @@ def _select_channel(image: sitk.Image, channel: int, path: Path) -> sitk.Image:
                 f"(0..{size[3] - 1})."
             )
         return sitk.Extract(image, size[:3] + [0], [0, 0, 0, channel])
-    raise InvalidInputError(
-        f"channel={channel} was given but {path} holds a single scalar volume; omit channel."
-    )
+    raise InvalidInputError(f"channel={channel} was given but {path} holds a single scalar volume; omit channel.")
 
 
 def _read_image(
@@ -496,9 +502,7 @@ def _read_image(
             f"channel=k (0..{image.GetSize()[3] - 1})."
         )
     elif image.GetDimension() not in (2, 3):
-        raise DimensionError(
-            f"{p.name} is {image.GetDimension()}D; only 2D slices and 3D volumes are supported."
-        )
+        raise DimensionError(f"{p.name} is {image.GetDimension()}D; only 2D slices and 3D volumes are supported.")
     if fmt == "seg.nrrd" and "segment_names" not in meta:
         segs = _segments(meta)
         if segs:
@@ -509,9 +513,7 @@ def _read_image(
     return image, meta, fmt
 
 
-def read_volume(
-    path: str | os.PathLike[str], *, channel: int | None = None, series_uid: str | None = None
-) -> Volume:
+def read_volume(path: str | os.PathLike[str], *, channel: int | None = None, series_uid: str | None = None) -> Volume:
     """Read an image file or DICOM series folder as a `Volume` with its geometry.
 
     ``channel`` picks one component of a vector image or one volume of a 4D file; ``series_uid`` picks
@@ -559,9 +561,7 @@ def read_labels(
     labels = LabelMap(arr, vol.spacing, vol.origin, vol.direction, meta)
     if reference is not None:
         if reference.same_grid(labels, tol=tolerance_mm):
-            return LabelMap(
-                labels.array, reference.spacing, reference.origin, reference.direction, labels.metadata
-            )
+            return LabelMap(labels.array, reference.spacing, reference.origin, reference.direction, labels.metadata)
         reference.require_same_grid(labels, what=f"label map {Path(path).name}")
     return labels
 
@@ -582,9 +582,7 @@ def _commit_files(staged: Path, dest: Path) -> None:
     """Move the staged files into ``dest``'s folder; the main file last so it never points at missing data."""
     names = sorted(os.listdir(staged), key=lambda n: (n == dest.name, n))
     if dest.name not in names:
-        raise CorruptFileError(
-            f"Writing {dest} produced no file; nothing was written. Check free disk space."
-        )
+        raise CorruptFileError(f"Writing {dest} produced no file; nothing was written. Check free disk space.")
     for name in names:
         os.replace(staged / name, dest.parent / name)
 
@@ -722,14 +720,11 @@ def _dicom_pixels(volume: Volume) -> tuple[sitk.Image, dict[str, str]]:
                 break
         else:
             raise InvalidInputError(
-                "DICOM stores at most 32-bit integers and these voxels exceed that range; write NIfTI/NRRD "
-                "instead."
+                "DICOM stores at most 32-bit integers and these voxels exceed that range; write NIfTI/NRRD instead."
             )
     elif arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)):
-            raise InvalidInputError(
-                "The volume holds NaN or Inf, which DICOM cannot store; replace them first."
-            )
+            raise InvalidInputError("The volume holds NaN or Inf, which DICOM cannot store; replace them first.")
         vmin, vmax = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
         int32 = np.iinfo(np.int32)
         if np.array_equal(arr, np.round(arr)) and vmin >= int32.min and vmax <= int32.max:

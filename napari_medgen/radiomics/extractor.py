@@ -1,8 +1,15 @@
-"""Public API: pyradiomics-compatible feature extraction for one ROI or a batch of crops."""
+"""Public API: pyradiomics-compatible feature extraction for one ROI or a batch of crops.
+
+Both entry points run the same vectorised engine: one ROI is simply a batch of one. A batch is processed in
+chunks (bounded memory) that run on a small thread pool, since the heavy numpy kernels release the GIL.
+"""
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -10,49 +17,103 @@ import numpy as np
 from napari_medgen.core.volume import LabelMap, Volume
 from napari_medgen.errors import InvalidInputError
 from napari_medgen.radiomics import firstorder, shape, texture
-from napari_medgen.radiomics.preprocess import PreparedROI, discretize, prepare
+from napari_medgen.radiomics.neighbours import angles, build_lattice
+from napari_medgen.radiomics.preprocess import PreparedROI, discretize_values, prepare
 from napari_medgen.radiomics.settings import RadiomicsSettings
 
 FEATURE_CLASSES = ("shape", "shape2D", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
 DEFAULT_CLASSES = ("shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
+# Chunk limits: padded lattice voxels and GLCM entries (crops x angles x Ng x Ng) held at once.
+_MAX_LATTICE_VOXELS = 2**24
+_MAX_GLCM_ENTRIES = 2**23
+# Below this many crops per worker, threads cost more than they save.
+_MIN_CROPS_PER_WORKER = 16
 
 
-def _classes(feature_classes: Iterable[str] | None, settings: RadiomicsSettings) -> list[str]:
+def _classes(feature_classes: Iterable[str] | None) -> list[str]:
     if feature_classes is None:
         return list(DEFAULT_CLASSES)
     wanted = [str(c) for c in feature_classes]
     bad = [c for c in wanted if c not in FEATURE_CLASSES]
     if bad:
         raise InvalidInputError(f"Unknown radiomics feature class(es) {bad}; choose from {FEATURE_CLASSES}.")
+    if "shape2D" in wanted:
+        raise InvalidInputError("The shape2D feature class is not available yet; request 'shape' (3D shape) instead.")
     return wanted
 
 
-def compute_prepared(roi: PreparedROI, settings: RadiomicsSettings, classes: Iterable[str]) -> dict[str, float]:
-    """Features of an already prepared ROI (shared by the single and batched entry points)."""
-    out: dict[str, float] = {}
-    classes = list(classes)
-    levels = None
-    tex = [c for c in classes if c in texture.CLASSES]
-    if "firstorder" in classes or tex:
-        levels = discretize(roi.image, roi.mask, settings)
+def _feature_names(classes: list[str]) -> list[str]:
+    names: list[str] = []
     for cls in classes:
         if cls == "shape":
-            vals = shape.shape_features(roi.shape_mask, roi.spacing)
-        elif cls == "shape2D":
-            raise InvalidInputError(
-                "The shape2D feature class is not available yet; request 'shape' (3D shape) instead."
-            )
+            cls_names = shape.FEATURES
         elif cls == "firstorder":
-            vals = firstorder.firstorder_features(
-                roi.image[roi.mask], levels[roi.mask], float(np.prod(roi.spacing)), settings.voxelArrayShift
-            )
+            cls_names = firstorder.FEATURES
         else:
-            continue
-        out.update({f"original_{cls}_{k}": v for k, v in vals.items()})
+            cls_names = texture.feature_names(cls)
+        names += [f"original_{cls}_{k}" for k in cls_names]
+    return names
+
+
+def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
+    idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != d))) for d in range(mask.ndim)]
+    return tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)
+
+
+def _shape_batch(masks: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, np.ndarray]:
+    """Shape features of every crop: the batched implementation when shape.py provides one."""
+    batched = getattr(shape, "shape_features_batch", None)
+    if batched is not None:
+        return {k: np.asarray(v, dtype=np.float64) for k, v in batched(masks, spacing).items()}
+    rows = [shape.shape_features(np.ascontiguousarray(m[_bbox(m)]), spacing) for m in masks]
+    return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
+
+
+def _intensity(images: np.ndarray, masks: np.ndarray, spacing: tuple[float, float, float],
+               settings: RadiomicsSettings, classes: list[str]) -> dict[str, np.ndarray]:
+    """First-order and texture features of crops whose ``masks`` each hold >= 1 voxel."""
+    tex = [c for c in classes if c in texture.CLASSES]
+    box = (slice(None), *_bbox(masks.any(axis=0)))
+    masks = masks[box]
+    values = images[box][masks].astype(np.float64, copy=False)
+    counts = np.count_nonzero(masks.reshape(len(masks), -1), axis=1)
+    starts = np.zeros(len(masks) + 1, dtype=np.intp)
+    np.cumsum(counts, out=starts[1:])
+    levels = discretize_values(values, starts, settings)
+    n_angles = len(angles(settings.distances, settings.force2D, settings.force2Ddimension))
+    if "glcm" in tex and len(masks) > 1 and len(masks) * n_angles * int(levels.max()) ** 2 > _MAX_GLCM_ENTRIES:
+        half = len(masks) // 2  # many gray levels: two smaller batches keep the GLCM stack in memory bounds
+        parts = [_intensity(images[:half], masks[:half], spacing, settings, classes),
+                 _intensity(images[half:], masks[half:], spacing, settings, classes)]
+        return {k: np.concatenate([parts[0][k], parts[1][k]]) for k in parts[0]}
+    out: dict[str, np.ndarray] = {}
+    if "firstorder" in classes:
+        crop = np.repeat(np.arange(len(masks)), counts)
+        vals = firstorder.firstorder_batch(values, levels, crop, starts, float(np.prod(spacing)),
+                                           settings.voxelArrayShift)
+        out.update({f"original_firstorder_{k}": v for k, v in vals.items()})
     if tex:
-        for cls, vals in texture.texture_features(levels, roi.mask, settings, tex).items():
+        lattice = build_lattice(masks, levels, max(int(d) for d in settings.distances))
+        for cls, vals in texture.texture_batch(lattice, settings, tex, spacing).items():
             out.update({f"original_{cls}_{k}": v for k, v in vals.items()})
     return out
+
+
+def _compute(images: np.ndarray, masks: np.ndarray, shape_masks: np.ndarray, spacing: tuple[float, float, float],
+             settings: RadiomicsSettings, classes: list[str]) -> dict[str, np.ndarray]:
+    """Features of N crops whose (resegmented) ``masks`` each hold >= 1 voxel; every value is an (N,) array."""
+    out: dict[str, np.ndarray] = {}
+    if "shape" in classes:
+        out.update({f"original_shape_{k}": v for k, v in _shape_batch(shape_masks, spacing).items()})
+    if "firstorder" in classes or any(c in texture.CLASSES for c in classes):
+        out.update(_intensity(images, masks, spacing, settings, classes))
+    return out
+
+
+def compute_prepared(roi: PreparedROI, settings: RadiomicsSettings, classes: Iterable[str]) -> dict[str, float]:
+    """Features of one already prepared ROI (a batch of one)."""
+    vals = _compute(roi.image[None], roi.mask[None], roi.shape_mask[None], roi.spacing, settings, list(classes))
+    return {k: float(v[0]) for k, v in vals.items()}
 
 
 def extract_features(
@@ -67,8 +128,85 @@ def extract_features(
     ``label`` defaults to ``settings.label`` (1). Raises `MedGenError` subclasses for unusable input.
     """
     cfg = RadiomicsSettings.from_any(settings)
+    classes = _classes(feature_classes)
     roi = prepare(image, labels, cfg.label if label is None else int(label), cfg)
-    return compute_prepared(roi, cfg, _classes(feature_classes, cfg))
+    return compute_prepared(roi, cfg, classes)
+
+
+def _resegment(values: np.ndarray, crop: np.ndarray, starts: np.ndarray, cfg: RadiomicsSettings) -> np.ndarray:
+    """Per-voxel keep flags of ``resegmentRange`` with each crop's own max / mean / std (relative, sigma)."""
+    rng = cfg.resegmentRange
+    if len(rng) not in (1, 2):
+        raise InvalidInputError(f"resegmentRange needs 1 or 2 values; got {rng}.")
+    s0 = starts[:-1]
+    lo = np.full(len(s0), float(rng[0]))
+    hi = np.full(len(s0), float(rng[1])) if len(rng) == 2 else None
+    if cfg.resegmentMode == "relative":
+        vmax = np.maximum.reduceat(values, s0)
+        lo = lo * vmax
+        hi = hi * vmax if hi is not None else None
+    elif cfg.resegmentMode == "sigma":
+        count = np.diff(starts)
+        mean = np.add.reduceat(values, s0) / count
+        std = np.sqrt(np.add.reduceat((values - mean[crop]) ** 2, s0) / count)
+        lo = mean + lo * std
+        hi = mean + hi * std if hi is not None else None
+    keep = values >= lo[crop]
+    if hi is not None:
+        keep &= values <= hi[crop]
+    return keep
+
+
+def _check_crops(imgs: np.ndarray, msk: np.ndarray, cfg: RadiomicsSettings) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Resegmented masks, which crops can be computed, and why the others cannot."""
+    n = len(msk)
+    counts = np.count_nonzero(msk.reshape(n, -1), axis=1)
+    problems: dict[str, list[int]] = {}
+    usable = counts > 0
+    problems["empty mask"] = np.flatnonzero(~usable).tolist()
+    values = imgs[msk]
+    if values.dtype.kind == "f":
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        bad = np.add.reduceat(~np.isfinite(values), starts[:-1][usable], dtype=np.int64) > 0 if usable.any() else []
+        idx = np.flatnonzero(usable)[np.asarray(bad, dtype=bool)]
+        problems["NaN or Inf voxels inside the mask"] = idx.tolist()
+        usable[idx] = False
+    dims = np.zeros(n, dtype=int)
+    for axis in (1, 2, 3):
+        other = tuple(a for a in (1, 2, 3) if a != axis)
+        dims += np.count_nonzero(msk.any(axis=other), axis=1) > 1
+    small = usable & (dims < cfg.minimumROIDimensions)
+    problems[f"fewer than minimumROIDimensions={cfg.minimumROIDimensions} dimensions"] = np.flatnonzero(small).tolist()
+    usable &= ~small
+    if cfg.minimumROISize is not None:
+        tiny = usable & (counts < cfg.minimumROISize)
+        problems[f"fewer than minimumROISize={cfg.minimumROISize} voxels"] = np.flatnonzero(tiny).tolist()
+        usable &= ~tiny
+    tex_masks = msk
+    if cfg.resegmentRange is not None and usable.any():
+        sel = msk & usable[:, None, None, None]
+        vals = imgs[sel].astype(np.float64)
+        cnt = counts[usable]
+        starts = np.concatenate([[0], np.cumsum(cnt)])
+        keep = _resegment(vals, np.repeat(np.arange(len(cnt)), cnt), starts, cfg)
+        tex_masks = np.zeros_like(msk)
+        tex_masks[sel] = keep
+        gone = usable & ~tex_masks.reshape(n, -1).any(axis=1)
+        problems[f"resegmentRange {cfg.resegmentRange} removes every voxel"] = np.flatnonzero(gone).tolist()
+        usable &= ~gone
+    return tex_masks, usable, {k: v for k, v in problems.items() if v}
+
+
+def _plan_chunks(masks: np.ndarray, n_workers: int) -> list[np.ndarray]:
+    """Split crop numbers into chunks that bound memory and, for large batches, keep every worker busy."""
+    n = len(masks)
+    if n == 0:
+        return []
+    per_crop = int(np.prod([s + 2 for s in masks.shape[1:]]))
+    n_chunks = max(1, -(-n * per_crop // _MAX_LATTICE_VOXELS))
+    if n_workers > 1 and n >= 2 * _MIN_CROPS_PER_WORKER:
+        n_chunks = max(n_chunks, min(n_workers, n // _MIN_CROPS_PER_WORKER))
+    return [c for c in np.array_split(np.arange(n), n_chunks) if c.size]
 
 
 def extract_features_batch(
@@ -77,12 +215,15 @@ def extract_features_batch(
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     settings: RadiomicsSettings | Mapping[str, Any] | None = None,
     feature_classes: Iterable[str] | None = None,
+    workers: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Features of N crops at once: ``images`` and ``masks`` are (N, z, y, x); spacing is (x, y, z).
 
-    Each crop is discretised on its own (as pyradiomics would treat it). A crop whose mask is empty gets NaN
-    for every feature instead of stopping the whole batch. Normalisation/resampling settings are not
-    supported here (crops are assumed to be on their final grid).
+    Each crop is discretised on its own (binWidth edges anchored at that crop's minimum, as pyradiomics would
+    treat it alone). A crop that cannot be computed (empty mask, NaN inside the mask, too few dimensions or
+    voxels, resegmented away) gets NaN for every feature and a `RuntimeWarning` naming it, instead of stopping
+    the whole batch. Normalisation/resampling are not done here: crops must already be on their final grid.
+    ``workers`` threads share the chunks (default: the CPU count, at most 4).
     """
     cfg = RadiomicsSettings.from_any(settings)
     imgs = np.asarray(images)
@@ -96,38 +237,30 @@ def extract_features_batch(
     sp = tuple(float(s) for s in spacing)
     if len(sp) != 3 or min(sp) <= 0:
         raise InvalidInputError(f"spacing must be 3 positive values (x, y, z); got {spacing}.")
-    classes = _classes(feature_classes, cfg)
-    rows: list[dict[str, float] | None] = []
-    names: list[str] = []
-    for img, m in zip(imgs, msk.astype(bool), strict=False):
-        if not m.any():
-            rows.append(None)
-            continue
-        vals = img[m]
-        if vals.dtype.kind == "f" and not np.all(np.isfinite(vals)):
-            raise InvalidInputError("A crop has NaN or Inf voxels inside its mask; clean the images first.")
-        idx = np.nonzero(m)
-        sl = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
-        crop_m = m[sl]
-        crop_i = np.asarray(img[sl], dtype=np.float64)
-        seg = crop_m
-        if cfg.resegmentRange is not None:
-            from napari_medgen.radiomics.preprocess import resegment
+    classes = _classes(feature_classes)
+    msk = msk.astype(bool, copy=False)
+    tex_masks, usable, problems = _check_crops(imgs, msk, cfg)
+    shape_masks = tex_masks if cfg.resegmentShape else msk
+    names = _feature_names(classes)
+    out = {k: np.full(len(msk), np.nan) for k in names}
+    for why, idx in problems.items():
+        warnings.warn(f"Radiomics features of crop(s) {idx} are NaN: {why}.", RuntimeWarning, stacklevel=2)
 
-            seg = np.zeros_like(crop_m)
-            seg[crop_m] = resegment(crop_i[crop_m], cfg)
-            if not seg.any():
-                rows.append(None)
-                continue
-        feats = compute_prepared(PreparedROI(crop_i, seg, crop_m, sp), cfg, classes)  # type: ignore[arg-type]
-        rows.append(feats)
-        for k in feats:
-            if k not in names:
-                names.append(k)
-    out = {k: np.full(len(rows), np.nan) for k in names}
-    for n, feats in enumerate(rows):
-        if feats is None:
-            continue
-        for k, v in feats.items():
-            out[k][n] = v
+    todo = np.flatnonzero(usable)
+    n_workers = int(workers) if workers is not None else min(os.cpu_count() or 1, 4)
+    chunks = [todo[c] for c in _plan_chunks(msk[todo], n_workers)]
+
+    def run(sel: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        return sel, _compute(imgs[sel], tex_masks[sel], shape_masks[sel], sp, cfg, classes)
+
+    if len(chunks) > 1 and n_workers > 1:
+        with ThreadPoolExecutor(max_workers=n_workers) as pool:
+            results = list(pool.map(run, chunks))
+    else:
+        results = [run(c) for c in chunks]
+    for sel, vals in results:
+        for k, v in vals.items():
+            if k not in out:
+                out[k] = np.full(len(msk), np.nan)
+            out[k][sel] = v
     return out

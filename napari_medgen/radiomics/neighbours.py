@@ -1,12 +1,15 @@
-"""Neighbour offsets and flat-index helpers shared by the texture matrices.
+"""Neighbour offsets and the padded voxel lattice that every texture matrix of a batch of crops is built on.
 
-Arrays are zero-padded by the largest distance so that ``flat_index + offset`` of any ROI voxel is a valid
-index that never wraps to another row; gray level 0 marks "outside the ROI".
+N crops are laid out in one C-ordered array of shape (N, Z + 2p, Y + 2p, X + 2p), p being the largest
+neighbour offset. Its zero border marks "outside the ROI" (gray level 0) and keeps ``flat_index + step`` of
+any ROI voxel inside its own crop, so a neighbour lookup for every ROI voxel of every crop is a single
+fancy-index gather, and a crop never sees its neighbour's voxels.
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,12 +33,76 @@ def angles(distances: tuple[int, ...], force2d: bool, force2d_dim: int = 0) -> n
     return np.array(out, dtype=np.int64).reshape(-1, 3)
 
 
-def pad_levels(levels: np.ndarray, pad: int) -> np.ndarray:
-    """Zero-pad gray levels (0 = outside ROI) so neighbour lookups stay in bounds."""
-    return np.pad(levels, pad)
-
-
 def flat_offsets(offsets: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Flat-index steps of (dz, dy, dx) offsets in a C-ordered array of ``shape``."""
+    """Flat-index steps of (dz, dy, dx) offsets in a C-ordered array whose last three dims are ``shape``."""
+    shape = tuple(shape)[-3:]
     strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int64)
-    return offsets @ strides
+    return np.asarray(offsets, dtype=np.int64) @ strides
+
+
+def level_dtype(n_levels: int) -> np.dtype:
+    """Smallest unsigned dtype holding gray levels 0..n_levels (small dtypes make the gathers cheap)."""
+    if n_levels < 2**8 - 1:
+        return np.dtype(np.uint8)
+    if n_levels < 2**16 - 1:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int64)
+
+
+@dataclass(frozen=True)
+class VoxelLattice:
+    """ROI voxels of N crops and their gray levels, in one zero-padded flat array.
+
+    ``index``, ``levels`` and ``crop`` are per ROI voxel, in ascending flat order (hence crop-major, and the
+    same order as ``images[masks]``); crop k owns entries ``starts[k]:starts[k + 1]``.
+    """
+
+    flat: np.ndarray  # gray level of every padded voxel, 0 outside the ROI
+    index: np.ndarray  # flat index of every ROI voxel (intp, ascending)
+    levels: np.ndarray  # gray level (1..n_levels) of every ROI voxel, dtype of ``flat``
+    crop: np.ndarray  # crop number of every ROI voxel (intp)
+    starts: np.ndarray  # (N + 1,) first ROI voxel of each crop, then the total
+    shape: tuple[int, int, int, int]  # padded (N, Z, Y, X)
+    n_levels: int  # largest gray level of the batch
+
+    @property
+    def n_crops(self) -> int:
+        return self.shape[0]
+
+    def steps(self, offsets: np.ndarray) -> np.ndarray:
+        return flat_offsets(offsets, self.shape)
+
+    def rank(self) -> np.ndarray:
+        """Flat array giving each ROI voxel's position in ``index`` (-1 elsewhere), to follow neighbour links."""
+        out = np.full(self.flat.size, -1, dtype=np.int32 if self.index.size < 2**31 else np.int64)
+        out[self.index] = np.arange(self.index.size, dtype=out.dtype)
+        return out
+
+    def coords(self, k: int) -> np.ndarray:
+        """(n, 3) padded (z, y, x) coordinates of the ROI voxels of crop ``k``."""
+        sl = self.index[self.starts[k]:self.starts[k + 1]]
+        return np.stack(np.unravel_index(sl, self.shape)[1:], axis=1)
+
+
+def build_lattice(masks: np.ndarray, levels: np.ndarray, pad: int) -> VoxelLattice:
+    """Lay out ``masks`` (N, Z, Y, X) bool, each with >= 1 voxel, whose voxels have gray levels ``levels``.
+
+    ``levels`` lists the gray level (>= 1) of every mask voxel in C order (the order of ``array[masks]``).
+    """
+    n, z, y, x = masks.shape
+    pad = max(int(pad), 1)
+    shape = (n, z + 2 * pad, y + 2 * pad, x + 2 * pad)
+    padded = np.zeros(shape, dtype=bool)
+    padded[:, pad:pad + z, pad:pad + y, pad:pad + x] = masks
+    index = np.flatnonzero(padded)
+    del padded
+    n_levels = int(levels.max())
+    dtype = level_dtype(n_levels)
+    lv = levels.astype(dtype, copy=False)
+    flat = np.zeros(int(np.prod(shape)), dtype=dtype)
+    flat[index] = lv
+    counts = np.count_nonzero(masks.reshape(n, -1), axis=1)
+    starts = np.zeros(n + 1, dtype=np.intp)
+    np.cumsum(counts, out=starts[1:])
+    crop = np.repeat(np.arange(n, dtype=np.intp), counts)
+    return VoxelLattice(flat, index, lv, crop, starts, shape, n_levels)

@@ -68,7 +68,7 @@ def load_params(path: str | Path) -> RadiomicsParams:
     if not file.is_file():
         raise ConfigError(f"Radiomics params file {file} does not exist.")
     try:
-        data = yaml.safe_load(file.read_text()) or {}
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{file} is not valid YAML: {error}") from error
     if not isinstance(data, Mapping):

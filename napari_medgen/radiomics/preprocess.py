@@ -188,27 +188,42 @@ def prepare(image: Volume, labels: LabelMap, label: int, settings: RadiomicsSett
 
 
 def bin_edges(values: np.ndarray, settings: RadiomicsSettings) -> np.ndarray:
-    """Histogram edges for the ROI values: fixed bin width anchored at multiples of binWidth, or binCount bins."""
-    vmin, vmax = float(values.min()), float(values.max())
+    """Histogram edges for the ROI values: fixed bin width anchored at multiples of binWidth, or binCount bins.
+
+    Same arithmetic as pyradiomics (``min - min % binWidth`` and ``np.arange``), so values that sit exactly
+    on an edge fall in the same bin.
+    """
     if settings.binCount is not None:
         edges = np.histogram_bin_edges(values, bins=int(settings.binCount))
         edges[-1] += 1
         return edges
+    vmin, vmax = values.min(), values.max()
     width = float(settings.binWidth)
-    low = np.floor(vmin / width) * width
-    high = vmax + 2 * width
-    edges = np.arange(low, high, width)
+    low = vmin - vmin % width
+    edges = np.arange(low, vmax + 2 * width, width)
     if len(edges) == 1:
         edges = np.array([edges[0] - 0.5, edges[0] + 0.5])
     return edges
 
 
+def discretize_values(values: np.ndarray, starts: np.ndarray, settings: RadiomicsSettings) -> np.ndarray:
+    """Gray levels (1..Ng) of ROI values of several crops, each binned on its own (as pyradiomics would).
+
+    Crop k owns ``values[starts[k]:starts[k + 1]]``; with binWidth the edges of each crop are anchored at the
+    multiple of binWidth just below that crop's minimum.
+    """
+    out = np.empty(values.shape, dtype=np.int64)
+    for k in range(len(starts) - 1):
+        seg = values[starts[k]:starts[k + 1]]
+        out[starts[k]:starts[k + 1]] = np.digitize(seg, bin_edges(seg, settings))
+    return out
+
+
 def discretize(image: np.ndarray, mask: np.ndarray, settings: RadiomicsSettings) -> np.ndarray:
     """Integer gray levels 1..Ng inside the mask (0 outside)."""
     values = image[mask]
-    edges = bin_edges(values, settings)
     out = np.zeros(image.shape, dtype=np.int32)
-    out[mask] = np.digitize(values, edges)
+    out[mask] = discretize_values(values, np.array([0, values.size]), settings)
     return out
 
 

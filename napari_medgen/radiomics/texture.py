@@ -1,261 +1,40 @@
-"""Texture matrices (GLCM, GLRLM, GLSZM, GLDM, NGTDM) and their features, pyradiomics definitions.
+"""Texture matrices (GLCM, GLRLM, GLSZM, GLDM, NGTDM) and their features for many crops at once.
 
-Gray levels are the discretised values 1..Ng (0 = outside the ROI). Matrices are built with flat-index
-neighbour lookups and ``np.bincount``; GLRLM run lengths use pointer jumping, GLSZM zones use
-``scipy.ndimage.label`` per gray level. GLCM and GLRLM features are computed per angle and averaged
-(or computed once on the summed matrix when ``weightingNorm`` is set), as pyradiomics does.
+Everything runs on a `VoxelLattice` (ROI voxels of N crops in one zero-padded flat array), one neighbour
+direction at a time, for all crops together:
+
+- GLCM: one ``np.bincount`` per direction over (crop, i, j) codes.
+- GLDM / NGTDM: per-voxel neighbour counts and sums accumulated from the shifted gathers.
+- GLRLM: a voxel starts a run when its backward neighbour differs, ends one when its forward neighbour
+  differs; runs longer than one voxel are followed link by link (total work = number of voxels in them).
+- GLSZM: 26-connected same-level zones are connected components of the "same level" links, found with a
+  vectorised union-find (hook roots, then pointer jumping) over the whole batch.
+
+Feature formulas are then applied to the batched matrices (N, angles, Ng, Ng) and friends. Gray levels
+absent from a crop simply have empty rows/columns; the few formulas where pyradiomics' deletion of those
+rows matters (NGTDM, MCC) mask them explicitly. Per-angle features are averaged with ``nanmean`` over the
+angles that have data, as pyradiomics does.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
 import numpy as np
 
-from napari_medgen.radiomics.neighbours import angles, flat_offsets
+from napari_medgen.radiomics.neighbours import VoxelLattice, angles
 from napari_medgen.radiomics.settings import RadiomicsSettings
 
 EPS = np.spacing(1)
 CLASSES = ("glcm", "glrlm", "glszm", "gldm", "ngtdm")
 
-
-# ---------------------------------------------------------------------------------------------- matrices
-class _Grid:
-    """Padded flat gray levels, ROI voxel indices and the angle offsets of one ROI."""
-
-    def __init__(self, levels: np.ndarray, mask: np.ndarray, settings: RadiomicsSettings) -> None:
-        self.offsets = angles(settings.distances, settings.force2D, settings.force2Ddimension)
-        pad = int(np.abs(self.offsets).max())
-        lv = np.where(mask, levels, 0).astype(np.int64)
-        padded = np.pad(lv, pad)
-        self.shape = padded.shape
-        self.flat = padded.ravel()
-        self.idx = np.flatnonzero(self.flat)
-        self.steps = flat_offsets(self.offsets, self.shape)
-        self.values = self.flat[self.idx]
-        self.gray = np.unique(self.values)
-        self.ng = int(self.gray.max())
-        self.np_ = int(self.idx.size)
-
-
-def glcm_matrices(grid: _Grid, symmetric: bool = True) -> np.ndarray:
-    """Co-occurrence counts per angle, shape (A, Ng, Ng) indexed by gray level - 1."""
-    ng = grid.ng
-    mats = np.empty((len(grid.steps), ng, ng), dtype=np.float64)
-    for a, step in enumerate(grid.steps):
-        nb = grid.flat[grid.idx + step]
-        ok = nb > 0
-        codes = (grid.values[ok] - 1) * ng + (nb[ok] - 1)
-        m = np.bincount(codes, minlength=ng * ng).reshape(ng, ng).astype(np.float64)
-        mats[a] = m + m.T if symmetric else m
-    return mats
-
-
-def glrlm_matrices(grid: _Grid) -> np.ndarray:
-    """Run-length counts per angle, shape (A, Ng, Rmax) indexed by (gray level - 1, run length - 1)."""
-    n = grid.flat.size
-    mats = []
-    rmax = 1
-    for step in grid.steps:
-        nxt_val = grid.flat[grid.idx + step]
-        prev_val = grid.flat[grid.idx - step]
-        same_next = nxt_val == grid.values
-        starts = prev_val != grid.values
-        # pointer jumping over the "same level as next voxel" chain to get each voxel's remaining run length
-        jump = np.full(n, -1, dtype=np.int64)
-        cnt = np.zeros(n, dtype=np.int64)
-        jump[grid.idx] = np.where(same_next, grid.idx + step, grid.idx)
-        cnt[grid.idx] = same_next
-        active = grid.idx[same_next]
-        while active.size:
-            j = jump[active]
-            cnt[active] += cnt[j]
-            jump[active] = jump[j]
-            active = active[jump[active] != jump[jump[active]]]
-        lengths = cnt[grid.idx[starts]] + 1
-        lv = grid.values[starts]
-        mats.append((lv, lengths))
-        rmax = max(rmax, int(lengths.max()))
-    out = np.zeros((len(mats), grid.ng, rmax), dtype=np.float64)
-    for a, (lv, lengths) in enumerate(mats):
-        np.add.at(out[a], (lv - 1, lengths - 1), 1.0)
-    return out
-
-
-def glszm_matrix(levels: np.ndarray, mask: np.ndarray, settings: RadiomicsSettings) -> np.ndarray:
-    """Zone-size counts, shape (Ng, Smax): connected (26- or in-plane 8-connected) same-level zones."""
-    from scipy import ndimage
-
-    lv = np.where(mask, levels, 0)
-    structure = np.ones((3, 3, 3), dtype=bool)
-    if settings.force2D:
-        structure[:] = False
-        sl = [slice(None)] * 3
-        sl[settings.force2Ddimension] = 1
-        structure[tuple(sl)] = True
-    gray = np.unique(lv[mask])
-    ng = int(gray.max())
-    zones_lv = []
-    zones_size = []
-    for g in gray:
-        lab, nz = ndimage.label(lv == g, structure=structure)
-        sizes = np.bincount(lab.ravel())[1:]
-        zones_lv.append(np.full(nz, g))
-        zones_size.append(sizes)
-    zl = np.concatenate(zones_lv)
-    zs = np.concatenate(zones_size)
-    out = np.zeros((ng, int(zs.max())), dtype=np.float64)
-    np.add.at(out, (zl - 1, zs - 1), 1.0)
-    return out
-
-
-def _neighbour_steps(grid: _Grid) -> np.ndarray:
-    return np.concatenate([grid.steps, -grid.steps])
-
-
-def gldm_matrix(grid: _Grid, alpha: float) -> np.ndarray:
-    """Dependence counts, shape (Ng, Dmax): neighbours within ``alpha`` gray levels, plus the voxel itself."""
-    dep = np.ones(grid.idx.size, dtype=np.int64)
-    for step in _neighbour_steps(grid):
-        nb = grid.flat[grid.idx + step]
-        dep += (nb > 0) & (np.abs(nb - grid.values) <= alpha)
-    out = np.zeros((grid.ng, int(dep.max())), dtype=np.float64)
-    np.add.at(out, (grid.values - 1, dep - 1), 1.0)
-    return out
-
-
-def ngtdm_matrix(grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
-    """Per gray level (index = level - 1): n_i (ROI voxels) and s_i (sum |i - mean of ROI neighbours|).
-
-    A voxel without any ROI neighbour counts in n_i but adds nothing to s_i.
-    """
-    total = np.zeros(grid.idx.size, dtype=np.float64)
-    count = np.zeros(grid.idx.size, dtype=np.int64)
-    for step in _neighbour_steps(grid):
-        nb = grid.flat[grid.idx + step]
-        ok = nb > 0
-        total += np.where(ok, nb, 0)
-        count += ok
-    valid = count > 0
-    diff = np.abs(grid.values[valid] - total[valid] / count[valid])
-    n = np.bincount(grid.values - 1, minlength=grid.ng).astype(np.float64)
-    s = np.bincount(grid.values[valid] - 1, weights=diff, minlength=grid.ng)
-    return n, s
-
-
-# ---------------------------------------------------------------------------------------------- features
-def _glcm_features(P: np.ndarray, gray: np.ndarray, ng: int) -> dict[str, np.ndarray]:
-    """GLCM features for a stack of matrices P (A, G, G) restricted to present gray levels ``gray``."""
-    sums = P.sum(axis=(1, 2), keepdims=True)
-    p = P / sums
-    i = gray[:, None].astype(np.float64)
-    j = gray[None, :].astype(np.float64)
-    px = p.sum(2)  # (A, G)
-    py = p.sum(1)
-    ux = (px * gray).sum(1)
-    uy = (py * gray).sum(1)
-    sigx = np.sqrt((px * (gray[None, :] - ux[:, None]) ** 2).sum(1))
-    sigy = np.sqrt((py * (gray[None, :] - uy[:, None]) ** 2).sum(1))
-    ksum_idx = (i + j).astype(np.int64)
-    kdiff_idx = np.abs(i - j).astype(np.int64)
-    A = p.shape[0]
-    pxpy_sum = np.zeros((A, 2 * ng + 1))
-    pxpy_diff = np.zeros((A, ng))
-    for a in range(A):
-        pxpy_sum[a] = np.bincount(ksum_idx.ravel(), weights=p[a].ravel(), minlength=2 * ng + 1)
-        pxpy_diff[a] = np.bincount(kdiff_idx.ravel(), weights=p[a].ravel(), minlength=ng)
-    ksum = np.arange(2 * ng + 1, dtype=np.float64)
-    kdiff = np.arange(ng, dtype=np.float64)
-    f: dict[str, np.ndarray] = {}
-    f["Autocorrelation"] = (p * i * j).sum((1, 2))
-    f["JointAverage"] = ux
-    uxe, uye = ux[:, None, None], uy[:, None, None]
-    centred = i + j - uxe - uye
-    f["ClusterProminence"] = (p * centred**4).sum((1, 2))
-    f["ClusterShade"] = (p * centred**3).sum((1, 2))
-    f["ClusterTendency"] = (p * centred**2).sum((1, 2))
-    f["Contrast"] = (p * (i - j) ** 2).sum((1, 2))
-    corm = (p * (i - uxe) * (j - uye)).sum((1, 2))
-    denom = sigx * sigy
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f["Correlation"] = np.where(denom == 0, 1.0, corm / np.where(denom == 0, 1, denom))
-    da = (pxpy_diff * kdiff).sum(1)
-    f["DifferenceAverage"] = da
-    f["DifferenceEntropy"] = -(pxpy_diff * np.log2(pxpy_diff + EPS)).sum(1)
-    f["DifferenceVariance"] = (pxpy_diff * (kdiff[None, :] - da[:, None]) ** 2).sum(1)
-    f["JointEnergy"] = (p**2).sum((1, 2))
-    hxy = -(p * np.log2(p + EPS)).sum((1, 2))
-    f["JointEntropy"] = hxy
-    hx = -(px * np.log2(px + EPS)).sum(1)
-    hy = -(py * np.log2(py + EPS)).sum(1)
-    pxy = px[:, :, None] * py[:, None, :]
-    hxy1 = -(p * np.log2(pxy + EPS)).sum((1, 2))
-    hxy2 = -(pxy * np.log2(pxy + EPS)).sum((1, 2))
-    hmax = np.maximum(hx, hy)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f["Imc1"] = np.where(hmax == 0, 0.0, (hxy - hxy1) / np.where(hmax == 0, 1, hmax))
-    imc2 = np.sqrt(np.clip(1 - np.exp(-2 * (hxy2 - hxy)), 0, None))
-    f["Imc2"] = np.where(hxy > hxy2, 0.0, imc2)
-    f["Idm"] = (pxpy_diff / (1 + kdiff**2)).sum(1)
-    f["Idmn"] = (pxpy_diff / (1 + kdiff**2 / ng**2)).sum(1)
-    f["Id"] = (pxpy_diff / (1 + kdiff)).sum(1)
-    f["Idn"] = (pxpy_diff / (1 + kdiff / ng)).sum(1)
-    f["InverseVariance"] = (pxpy_diff[:, 1:] / kdiff[1:] ** 2).sum(1)
-    f["MaximumProbability"] = p.max((1, 2))
-    f["SumAverage"] = (pxpy_sum * ksum).sum(1)
-    f["SumEntropy"] = -(pxpy_sum * np.log2(pxpy_sum + EPS)).sum(1)
-    f["SumSquares"] = (p * (i - uxe) ** 2).sum((1, 2))
-    f["MCC"] = _mcc(p, px, py)
-    return f
-
-
-def _mcc(p: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
-    """Maximal correlation coefficient: sqrt of the second largest eigenvalue of Q."""
-    out = np.ones(p.shape[0])
-    if p.shape[1] < 2:
-        return out
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.einsum("aik,ajk->aij", p / (px[:, :, None] + EPS), p / (py[:, None, :] + EPS))
-    q = np.nan_to_num(q)
-    for a in range(p.shape[0]):
-        ev = np.sort(np.linalg.eigvals(q[a]).real)
-        out[a] = np.sqrt(ev[-2]) if ev[-2] > 0 else 0.0
-    return out
-
-
-def _emphasis(P: np.ndarray, gray: np.ndarray, names: dict[str, str], n_norm: float) -> dict[str, float]:
-    """Shared run/zone/dependence features of a (G, J) count matrix with row gray levels ``gray``.
-
-    ``names`` maps generic keys to the class-specific feature names; ``n_norm`` is Np for *Percentage.
-    """
-    nr = P.sum()
-    i = gray[:, None].astype(np.float64)
-    j = np.arange(1, P.shape[1] + 1, dtype=np.float64)[None, :]
-    pr = P / nr
-    rows = P.sum(1)
-    cols = P.sum(0)
-    f: dict[str, float] = {}
-    f["SE"] = float((P / j**2).sum() / nr)
-    f["LE"] = float((P * j**2).sum() / nr)
-    f["GLN"] = float((rows**2).sum() / nr)
-    f["GLNN"] = float((rows**2).sum() / nr**2)
-    f["SN"] = float((cols**2).sum() / nr)
-    f["SNN"] = float((cols**2).sum() / nr**2)
-    f["P"] = float(nr / n_norm)
-    mu_i = float((pr * i).sum())
-    f["GLV"] = float((pr * (i - mu_i) ** 2).sum())
-    mu_j = float((pr * j).sum())
-    f["SV"] = float((pr * (j - mu_j) ** 2).sum())
-    f["E"] = float(-(pr * np.log2(pr + EPS)).sum())
-    f["LGLE"] = float((P / i**2).sum() / nr)
-    f["HGLE"] = float((P * i**2).sum() / nr)
-    f["SLGLE"] = float((P / (i**2 * j**2)).sum() / nr)
-    f["SHGLE"] = float((P * i**2 / j**2).sum() / nr)
-    f["LLGLE"] = float((P * j**2 / i**2).sum() / nr)
-    f["LHGLE"] = float((P * i**2 * j**2).sum() / nr)
-    return {name: f[key] for key, name in names.items()}
-
-
+GLCM_FEATURES = (
+    "Autocorrelation", "JointAverage", "ClusterProminence", "ClusterShade", "ClusterTendency", "Contrast",
+    "Correlation", "DifferenceAverage", "DifferenceEntropy", "DifferenceVariance", "JointEnergy", "JointEntropy",
+    "Imc1", "Imc2", "Idm", "MCC", "Idmn", "Id", "Idn", "InverseVariance", "MaximumProbability", "SumEntropy",
+    "SumSquares", "SumAverage",
+)
 GLRLM_NAMES = {
     "SE": "ShortRunEmphasis", "LE": "LongRunEmphasis", "GLN": "GrayLevelNonUniformity",
     "GLNN": "GrayLevelNonUniformityNormalized", "SN": "RunLengthNonUniformity",
@@ -280,72 +59,494 @@ GLDM_NAMES = {
     "SHGLE": "SmallDependenceHighGrayLevelEmphasis", "LLGLE": "LargeDependenceLowGrayLevelEmphasis",
     "LHGLE": "LargeDependenceHighGrayLevelEmphasis",
 }
+NGTDM_FEATURES = ("Coarseness", "Contrast", "Busyness", "Complexity", "Strength")
 
 
-def _ngtdm_features(n: np.ndarray, s: np.ndarray) -> dict[str, float]:
-    levels = np.arange(1, n.size + 1, dtype=np.float64)
-    keep = n > 0
-    n, s, i = n[keep], s[keep], levels[keep]
-    nvp = n.sum()
-    p = n / nvp
-    ngp = int(keep.sum())
-    ps = p * s
-    sum_ps = float(ps.sum())
-    sum_s = float(s.sum())
-    f: dict[str, float] = {}
-    f["Coarseness"] = 1e6 if sum_ps == 0 else float(1.0 / (EPS + sum_ps))
-    di = i[:, None] - i[None, :]
-    pp = p[:, None] * p[None, :]
-    if ngp > 1:
-        f["Contrast"] = float((pp * di**2).sum() / (ngp * (ngp - 1)) * sum_s / nvp)
-    else:
-        f["Contrast"] = 0.0
-    ip = i * p
-    busy_den = float(np.abs(ip[:, None] - ip[None, :]).sum())
-    f["Busyness"] = 0.0 if busy_den == 0 else sum_ps / busy_den
-    f["Complexity"] = float((np.abs(di) * (ps[:, None] + ps[None, :]) / (p[:, None] + p[None, :])).sum() / nvp)
-    f["Strength"] = 0.0 if sum_s == 0 else float(((p[:, None] + p[None, :]) * di**2).sum() / (EPS + sum_s))
+def feature_names(cls: str) -> tuple[str, ...]:
+    """Feature names of a texture class, in pyradiomics' order."""
+    return {
+        "glcm": GLCM_FEATURES, "glrlm": tuple(GLRLM_NAMES.values()), "glszm": tuple(GLSZM_NAMES.values()),
+        "gldm": tuple(GLDM_NAMES.values()), "ngtdm": NGTDM_FEATURES,
+    }[cls]
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
+    """nanmean that quietly gives NaN when every entry is NaN (an ROI with no pair in any direction)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=axis)
+
+
+def _safe_div(num: np.ndarray, den: np.ndarray, fill: float) -> np.ndarray:
+    ok = den != 0
+    return np.where(ok, num / np.where(ok, den, 1), fill)
+
+
+def _angle_weights(offsets: np.ndarray, norm: str, spacing_zyx: np.ndarray, glcm: bool) -> np.ndarray:
+    """Per-direction weights of pyradiomics' ``weightingNorm`` (GLCM uses exp(-d^2), GLRLM the distance d)."""
+    scaled = np.abs(offsets) * spacing_zyx[None, :]
+    if norm == "infinity":
+        dist = scaled.max(1)
+    elif norm == "euclidean":
+        dist = np.sqrt((scaled**2).sum(1))
+    elif norm == "manhattan":
+        dist = scaled.sum(1)
+    else:  # no_weighting
+        return np.ones(len(offsets))
+    return np.exp(-(dist**2)) if glcm else dist
+
+
+def _components(parent: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Union-find over links ``src[k] -- dst[k]``: returns every node's root (the smallest node of its component).
+
+    ``parent`` must be a forest of depth <= 1 (e.g. ``arange``); it is updated in place. Each round hooks the
+    larger root of every still-split link onto the smaller one, then compresses paths by pointer jumping.
+    """
+    while src.size:
+        ps = parent[src]
+        pd = parent[dst]
+        split = ps != pd
+        if not split.any():
+            break
+        src, dst, ps, pd = src[split], dst[split], ps[split], pd[split]
+        parent[np.maximum(ps, pd)] = np.minimum(ps, pd)
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+    return parent
+
+
+def _pair_counts(group: np.ndarray, value: np.ndarray, n_groups: int, small: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (group, value) combinations as (group, count) arrays; ``value`` are ints >= 1.
+
+    Small values go through a dense ``bincount``; the few large ones (big zones) through ``np.unique``.
+    """
+    little = value <= small
+    dense = np.bincount(group[little] * small + (value[little] - 1), minlength=n_groups * small)
+    nz = np.flatnonzero(dense)
+    groups = [nz // small]
+    counts = [dense[nz]]
+    if not little.all():
+        big_g, big_v = group[~little], value[~little]
+        keys, cnt = np.unique(big_g * (int(big_v.max()) + 1) + big_v, return_counts=True)
+        groups.append(keys // (int(big_v.max()) + 1))
+        counts.append(cnt)
+    return np.concatenate(groups), np.concatenate(counts).astype(np.float64)
+
+
+# ----------------------------------------------------------------------------------------------- matrices
+class _Matrices:
+    """Raw texture counts of a lattice, built in one sweep over the neighbour directions."""
+
+    def __init__(self, lat: VoxelLattice, settings: RadiomicsSettings, classes: list[str]) -> None:
+        self.n = lat.n_crops
+        g = lat.n_levels
+        self.g = g
+        g1 = g + 1
+        lv = lat.levels
+        lvi = lv.astype(np.intp)
+        cl = lat.crop * g1 + lvi  # (crop, level) code of every ROI voxel
+        self.cl = cl
+        nvox = np.bincount(cl, minlength=self.n * g1).reshape(self.n, g1)[:, 1:]
+        self.nvox = nvox.astype(np.float64)
+        self.present = nvox > 0
+
+        offs_all = angles(settings.distances, settings.force2D, settings.force2Ddimension)
+        offs_unit = angles((1,), settings.force2D, settings.force2Ddimension)
+        self.offs_all, self.offs_unit = offs_all, offs_unit
+        want = set(classes)
+        use_all = bool(want & {"glcm", "gldm", "ngtdm"})
+        use_unit = bool(want & {"glrlm", "glszm"})
+        keys = ([tuple(o) for o in offs_all] if use_all else []) + (
+            [tuple(o) for o in offs_unit if tuple(o) not in {tuple(x) for x in offs_all} or not use_all]
+            if use_unit else []
+        )
+        all_pos = {tuple(o): a for a, o in enumerate(offs_all)}
+        unit_pos = {tuple(o): a for a, o in enumerate(offs_unit)}
+        steps = lat.steps(np.array(keys, dtype=np.int64).reshape(-1, 3))
+
+        n_all = len(offs_all)
+        alpha = settings.gldm_a
+        if "glcm" in want:
+            self.glcm = np.zeros((self.n, n_all, g, g))
+            cl1 = cl * g1
+        if "gldm" in want:
+            dep = np.ones(lv.size, dtype=np.uint8 if 2 * n_all < 255 else np.uint16)
+        if "ngtdm" in want:
+            nsum = np.zeros(lv.size, dtype=np.uint16 if 2 * n_all * g < 2**16 else np.int64)
+            ncnt = np.zeros(lv.size, dtype=np.uint8 if 2 * n_all < 255 else np.uint16)
+        if use_unit:
+            rank = lat.rank()
+            self.link_src: list[np.ndarray] = []
+            self.link_dst: list[np.ndarray] = []
+            run_codes: list[np.ndarray] = []
+            run_lengths: list[np.ndarray] = []
+            n_unit = len(offs_unit)
+            runs_total = np.zeros((self.n, n_unit, g))
+            pairs_unit = np.zeros((self.n, n_unit))
+
+        flat, index = lat.flat, lat.index
+        buf = np.empty_like(index)
+        for key, step in zip(keys, steps, strict=True):
+            np.add(index, step, out=buf)
+            fwd = flat[buf]
+            need_bwd = ("gldm" in want or "ngtdm" in want) and key in all_pos or "glrlm" in want and key in unit_pos
+            if need_bwd:
+                np.subtract(index, step, out=buf)
+                bwd = flat[buf]
+            same_f = same_b = None
+            if key in all_pos and use_all:
+                a = all_pos[key]
+                if "glcm" in want:
+                    counts = np.bincount(cl1 + fwd, minlength=self.n * g1 * g1)
+                    self.glcm[:, a] = counts.reshape(self.n, g1, g1)[:, 1:, 1:]
+                if "gldm" in want:
+                    if alpha == 0:
+                        same_f = fwd == lv
+                        same_b = bwd == lv
+                        dep += same_f
+                        dep += same_b
+                    else:
+                        for nb in (fwd, bwd):
+                            diff = np.abs(nb.astype(np.int64) - lvi)
+                            dep += (nb > 0) & (diff <= alpha)
+                if "ngtdm" in want:
+                    nsum += fwd
+                    nsum += bwd
+                    ncnt += fwd > 0
+                    ncnt += bwd > 0
+            if key in unit_pos and use_unit:
+                u = unit_pos[key]
+                if same_f is None:
+                    same_f = fwd == lv
+                src = np.flatnonzero(same_f)
+                np.add(index[src], step, out=buf[: src.size])
+                dst = rank[buf[: src.size]]
+                self.link_src.append(src)
+                self.link_dst.append(dst)
+                if "glrlm" in want:
+                    if same_b is None:
+                        same_b = bwd == lv
+                    self._runs(u, cl, src, dst, same_f, same_b, run_codes, run_lengths, runs_total, nvox, g1)
+                    pairs_unit[:, u] = np.add.reduceat(fwd > 0, lat.starts[:-1], dtype=np.int64)
+
+        if "gldm" in want:
+            n_dep = 2 * n_all + 1
+            hist = np.bincount(cl * n_dep + (dep.astype(np.intp) - 1), minlength=self.n * g1 * n_dep)
+            self.gldm = hist.reshape(self.n, g1, n_dep)[:, 1:].astype(np.float64)
+        if "ngtdm" in want:
+            valid = ncnt > 0
+            diff = np.abs(lvi[valid] - nsum[valid] / ncnt[valid])
+            s = np.bincount(cl[valid], weights=diff, minlength=self.n * g1).reshape(self.n, g1)[:, 1:]
+            self.ngtdm_s = s
+        if "glrlm" in want:
+            self._finish_runs(lat, run_codes, run_lengths, runs_total, pairs_unit, g1)
+        if "glszm" in want:
+            self._zones(lat, lvi)
+
+    # -- GLRLM
+    def _runs(self, u: int, cl: np.ndarray, src: np.ndarray, dst: np.ndarray, same_f: np.ndarray,
+              same_b: np.ndarray, run_codes: list, run_lengths: list, runs_total: np.ndarray,
+              nvox: np.ndarray, g1: int) -> None:
+        """Runs along unit direction ``u``: all run counts per (crop, level), and lengths of the longer ones."""
+        same_pairs = np.bincount(cl[src], minlength=self.n * g1).reshape(self.n, g1)[:, 1:]
+        runs_total[:, u] = nvox - same_pairs  # every voxel starts a run unless its backward neighbour continues it
+        nxt = np.full(cl.size, -1, dtype=dst.dtype)
+        nxt[src] = dst
+        cur = np.flatnonzero(same_f & ~same_b)  # starts of runs of length >= 2
+        codes = cl[cur] * len(self.offs_unit) + u
+        length = 1
+        while cur.size:
+            cur = nxt[cur]
+            length += 1
+            done = nxt[cur] < 0
+            if done.any():
+                run_codes.append(codes[done])
+                run_lengths.append(np.full(int(done.sum()), length, dtype=np.intp))
+                keep = ~done
+                cur, codes = cur[keep], codes[keep]
+
+    def _finish_runs(self, lat: VoxelLattice, run_codes: list, run_lengths: list, runs_total: np.ndarray,
+                     pairs_unit: np.ndarray, g1: int) -> None:
+        n_unit = len(self.offs_unit)
+        g = self.g
+        codes = np.concatenate(run_codes) if run_codes else np.zeros(0, np.intp)
+        lengths = np.concatenate(run_lengths) if run_lengths else np.zeros(0, np.intp)
+        r_max = int(lengths.max()) if lengths.size else 1
+        # codes = (crop * g1 + level) * n_unit + u  ->  index (crop, u, level - 1, length - 1)
+        u = codes % n_unit
+        cl = codes // n_unit
+        crop, level = cl // g1, cl % g1
+        flat_code = ((crop * n_unit + u) * g + (level - 1)) * r_max + (lengths - 1)
+        mat = np.bincount(flat_code, minlength=self.n * n_unit * g * r_max).astype(np.float64)
+        mat = mat.reshape(self.n, n_unit, g, r_max)
+        mat[..., 0] = runs_total - mat.sum(-1)  # the remaining runs have length 1
+        # pyradiomics drops a direction in which no line holds two ROI voxels (the ROI is flat across it)
+        empty = pairs_unit == 0
+        for k, a in zip(*np.nonzero(empty), strict=True):
+            if not _line_has_two(lat.coords(int(k)), self.offs_unit[a]):
+                mat[k, a] = 0
+        self.glrlm = mat
+
+    # -- GLSZM
+    def _zones(self, lat: VoxelLattice, lvi: np.ndarray) -> None:
+        n_vox = lvi.size
+        parent = np.arange(n_vox, dtype=self.link_dst[0].dtype if self.link_dst else np.int32)
+        src = np.concatenate(self.link_src).astype(parent.dtype) if self.link_src else parent[:0]
+        dst = np.concatenate(self.link_dst) if self.link_dst else parent[:0]
+        parent = _components(parent, src, dst)
+        roots = np.flatnonzero(parent == np.arange(n_vox))
+        sizes = np.bincount(parent, minlength=n_vox)[roots]
+        self.zone_crop = lat.crop[roots]
+        self.zone_level = lvi[roots]
+        self.zone_size = sizes
+        self.zone_starts = np.searchsorted(self.zone_crop, np.arange(self.n + 1))
+        self.n_voxels = np.diff(lat.starts).astype(np.float64)
+
+
+def _line_has_two(coords: np.ndarray, offset: np.ndarray) -> bool:
+    """True when some line along ``offset`` (unit steps) holds >= 2 of the voxels at ``coords``."""
+    moving = np.flatnonzero(offset)
+    if len(coords) < 2:
+        return False
+    t = coords[:, moving[0]] * offset[moving[0]]
+    origin = coords - t[:, None] * offset[None, :]
+    return len(np.unique(origin, axis=0)) < len(coords)
+
+
+# ---------------------------------------------------------------------------------------------- features
+def _glcm_features(P: np.ndarray, present: np.ndarray, ng: np.ndarray) -> dict[str, np.ndarray]:
+    """GLCM features per matrix of ``P`` (N, A, G, G), averaged over the angles that have pairs."""
+    n, a, g, _ = P.shape
+    m = n * a
+    P = P.reshape(m, g, g)
+    sums = P.sum((1, 2))
+    valid = sums > 0
+    p = P / np.where(valid, sums, 1)[:, None, None]
+    ivec = np.arange(1, g + 1, dtype=np.float64)
+    px = p.sum(2)
+    py = p.sum(1)
+    ux = px @ ivec
+    uy = py @ ivec
+    pj = p @ ivec  # sum_j p(i, j) j
+    ngm = np.repeat(ng.astype(np.float64), a)
+
+    # p_{x+y}(k), k = 2..2G and p_{x-y}(k), k = 0..G-1 from the flattened matrices
+    ii, jj = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
+    ksum = (ii + jj).ravel()
+    kdiff = np.abs(ii - jj).ravel()
+    order_sum = np.argsort(ksum, kind="stable")
+    order_diff = np.argsort(kdiff, kind="stable")
+    pf = p.reshape(m, g * g)
+    psum = np.add.reduceat(pf[:, order_sum], np.searchsorted(ksum[order_sum], np.arange(2 * g - 1)), axis=1)
+    pdiff = np.add.reduceat(pf[:, order_diff], np.searchsorted(kdiff[order_diff], np.arange(g)), axis=1)
+    kv_sum = np.arange(2, 2 * g + 1, dtype=np.float64)
+    kv_diff = np.arange(g, dtype=np.float64)
+
+    f: dict[str, np.ndarray] = {}
+    f["Autocorrelation"] = pj @ ivec
+    f["JointAverage"] = ux
+    centred = kv_sum[None, :] - (ux + uy)[:, None]
+    c2 = centred * centred
+    f["ClusterProminence"] = (psum * c2 * c2).sum(1)
+    f["ClusterShade"] = (psum * c2 * centred).sum(1)
+    f["ClusterTendency"] = (psum * c2).sum(1)
+    f["Contrast"] = (pdiff * kv_diff**2).sum(1)
+    dx = ivec[None, :] - ux[:, None]
+    dy = ivec[None, :] - uy[:, None]
+    sigx = np.sqrt((px * dx * dx).sum(1))
+    sigy = np.sqrt((py * dy * dy).sum(1))
+    corm = (dx * (pj - uy[:, None] * px)).sum(1)
+    sig = sigx * sigy
+    f["Correlation"] = np.where(sig == 0, 1.0, corm / (sig + EPS))
+    da = (pdiff * kv_diff).sum(1)
+    f["DifferenceAverage"] = da
+    f["DifferenceEntropy"] = -(pdiff * np.log2(pdiff + EPS)).sum(1)
+    f["DifferenceVariance"] = (pdiff * (kv_diff[None, :] - da[:, None]) ** 2).sum(1)
+    f["JointEnergy"] = np.einsum("ij,ij->i", pf, pf)
+    hxy = -np.einsum("ij,ij->i", pf, np.log2(pf + EPS))
+    f["JointEntropy"] = hxy
+    hx = -(px * np.log2(px + EPS)).sum(1)
+    hy = -(py * np.log2(py + EPS)).sum(1)
+    outer = px[:, :, None] * py[:, None, :]
+    log_outer = np.log2(outer + EPS)
+    hxy1 = -np.einsum("mij,mij->m", p, log_outer)
+    hxy2 = -np.einsum("mij,mij->m", outer, log_outer)
+    hmax = np.fmax(hx, hy)
+    f["Imc1"] = _safe_div(hxy - hxy1, hmax, 0.0)
+    with np.errstate(invalid="ignore"):
+        imc2 = np.sqrt(1 - np.exp(-2 * (hxy2 - hxy)))  # NaN when rounding makes HXY > HXY2, as pyradiomics
+    f["Imc2"] = np.where(hxy2 == hxy, 0.0, imc2)
+    f["Idm"] = (pdiff / (1 + kv_diff**2)).sum(1)
+    f["MCC"] = _mcc(p, px, py, np.repeat(present.sum(1), a))
+    f["Idmn"] = (pdiff / (1 + kv_diff[None, :] ** 2 / ngm[:, None] ** 2)).sum(1)
+    f["Id"] = (pdiff / (1 + kv_diff)).sum(1)
+    f["Idn"] = (pdiff / (1 + kv_diff[None, :] / ngm[:, None])).sum(1)
+    f["InverseVariance"] = (pdiff[:, 1:] / kv_diff[1:] ** 2).sum(1)
+    f["MaximumProbability"] = pf.max(1)
+    f["SumEntropy"] = -(psum * np.log2(psum + EPS)).sum(1)
+    f["SumSquares"] = (px * dx * dx).sum(1)
+    f["SumAverage"] = (psum * kv_sum).sum(1)
+    return {k: _nanmean(np.where(valid, v, np.nan).reshape(n, a), 1) for k, v in f.items()}
+
+
+def _mcc(p: np.ndarray, px: np.ndarray, py: np.ndarray, n_present: np.ndarray) -> np.ndarray:
+    """Maximal correlation coefficient: sqrt of the second largest eigenvalue of Q = D_x^-1 P D_y^-1 P^T.
+
+    Q is similar to the symmetric B B^T with B = D_x^-1/2 P D_y^-1/2, whose eigenvalues a symmetric solver
+    finds several times faster. An ROI with fewer than two gray levels gets 1, as in pyradiomics.
+    """
+    b = p / np.sqrt(px[:, :, None] * py[:, None, :] + EPS)
+    s = b @ b.transpose(0, 2, 1)
+    ev = np.linalg.eigvalsh(s)
+    out = np.sqrt(np.clip(ev[:, -2], 0, None)) if p.shape[1] >= 2 else np.ones(p.shape[0])
+    return np.where(n_present < 2, 1.0, out)
+
+
+def _matrix_features(P: np.ndarray, n_norm: np.ndarray, names: dict[str, str]) -> dict[str, np.ndarray]:
+    """Run-length / dependence features of count matrices P (..., G, J), rows = gray level, cols = length."""
+    g, jn = P.shape[-2:]
+    nr = P.sum((-2, -1))
+    nr_safe = np.where(nr > 0, nr, np.nan)
+    ivec = np.arange(1, g + 1, dtype=np.float64)
+    jvec = np.arange(1, jn + 1, dtype=np.float64)
+    pr = P.sum(-2)  # (..., J)
+    pg = P.sum(-1)  # (..., G)
+    i2, j2 = ivec**2, jvec**2
+    pj = P @ np.stack([1 / j2, j2], axis=1)  # (..., G, 2): sums over lengths weighted by 1/j^2 and j^2
+    f: dict[str, np.ndarray] = {}
+    f["SE"] = (pr / j2).sum(-1) / nr_safe
+    f["LE"] = (pr * j2).sum(-1) / nr_safe
+    f["GLN"] = (pg**2).sum(-1) / nr_safe
+    f["GLNN"] = (pg**2).sum(-1) / nr_safe**2
+    f["SN"] = (pr**2).sum(-1) / nr_safe
+    f["SNN"] = (pr**2).sum(-1) / nr_safe**2
+    f["P"] = nr_safe / n_norm
+    pgn = pg / nr_safe[..., None]
+    mu_i = (pgn * ivec).sum(-1)
+    f["GLV"] = (pgn * (ivec - mu_i[..., None]) ** 2).sum(-1)
+    prn = pr / nr_safe[..., None]
+    mu_j = (prn * jvec).sum(-1)
+    f["SV"] = (prn * (jvec - mu_j[..., None]) ** 2).sum(-1)
+    pn = P / nr_safe[..., None, None]
+    f["E"] = -(pn * np.log2(pn + EPS)).sum((-2, -1))
+    f["LGLE"] = (pg / i2).sum(-1) / nr_safe
+    f["HGLE"] = (pg * i2).sum(-1) / nr_safe
+    f["SLGLE"] = (pj[..., 0] / i2).sum(-1) / nr_safe
+    f["SHGLE"] = (pj[..., 0] * i2).sum(-1) / nr_safe
+    f["LLGLE"] = (pj[..., 1] / i2).sum(-1) / nr_safe
+    f["LHGLE"] = (pj[..., 1] * i2).sum(-1) / nr_safe
+    return {name: f[key] for key, name in names.items()}
+
+
+def _glrlm_features(R: np.ndarray) -> dict[str, np.ndarray]:
+    """GLRLM features of R (N, A, G, Rmax), averaged over the directions that have runs."""
+    rlen = np.arange(1, R.shape[-1] + 1, dtype=np.float64)
+    n_p = R.sum(-2) @ rlen  # voxels counted in each direction (RunPercentage denominator)
+    per_angle = _matrix_features(R, np.where(n_p > 0, n_p, np.nan), GLRLM_NAMES)
+    return {k: _nanmean(v, 1) for k, v in per_angle.items()}
+
+
+def _glszm_features(m: _Matrices) -> dict[str, np.ndarray]:
+    """GLSZM features straight from the zone list (crop, level, size): sums over zones are segment sums."""
+    zs = m.zone_starts[:-1]
+    size = m.zone_size.astype(np.float64)
+    level = m.zone_level.astype(np.float64)
+    nz = np.diff(m.zone_starts).astype(np.float64)
+
+    def zsum(w: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(w, zs)
+
+    s2, i2 = size**2, level**2
+    f: dict[str, np.ndarray] = {}
+    f["SE"] = zsum(1 / s2) / nz
+    f["LE"] = zsum(s2) / nz
+    g = m.g
+    pg = np.bincount(m.zone_crop * g + (m.zone_level - 1), minlength=m.n * g).reshape(m.n, g).astype(np.float64)
+    f["GLN"] = (pg**2).sum(1) / nz
+    f["GLNN"] = (pg**2).sum(1) / nz**2
+    crop_s, count_s = _pair_counts(m.zone_crop, m.zone_size, m.n)
+    sq_s = np.bincount(crop_s, weights=count_s**2, minlength=m.n)
+    f["SN"] = sq_s / nz
+    f["SNN"] = sq_s / nz**2
+    f["P"] = nz / m.n_voxels
+    mu_i = zsum(level) / nz
+    f["GLV"] = zsum((level - np.repeat(mu_i, np.diff(m.zone_starts))) ** 2) / nz
+    mu_s = zsum(size) / nz
+    f["SV"] = zsum((size - np.repeat(mu_s, np.diff(m.zone_starts))) ** 2) / nz
+    crop_gs, count_gs = _pair_counts(m.zone_crop * g + (m.zone_level - 1), m.zone_size, m.n * g)
+    pz = count_gs / nz[crop_gs // g]
+    f["E"] = -np.bincount(crop_gs // g, weights=pz * np.log2(pz + EPS), minlength=m.n)
+    f["LGLE"] = zsum(1 / i2) / nz
+    f["HGLE"] = zsum(i2) / nz
+    f["SLGLE"] = zsum(1 / (i2 * s2)) / nz
+    f["SHGLE"] = zsum(i2 / s2) / nz
+    f["LLGLE"] = zsum(s2 / i2) / nz
+    f["LHGLE"] = zsum(i2 * s2) / nz
+    return {name: f[key] for key, name in GLSZM_NAMES.items()}
+
+
+def _ngtdm_features(n_i: np.ndarray, s_i: np.ndarray, present: np.ndarray) -> dict[str, np.ndarray]:
+    """NGTDM features of n_i, s_i (N, G); absent gray levels are left out of every pairwise sum."""
+    g = n_i.shape[1]
+    ivec = np.arange(1, g + 1, dtype=np.float64)
+    nvp = n_i.sum(1)
+    p = n_i / nvp[:, None]
+    ngp = present.sum(1).astype(np.float64)
+    both = present[:, :, None] & present[:, None, :]
+    ps = p * s_i
+    sum_ps = ps.sum(1)
+    sum_s = s_i.sum(1)
+    di = ivec[:, None] - ivec[None, :]
+    f: dict[str, np.ndarray] = {}
+    f["Coarseness"] = np.where(sum_ps == 0, 1e6, 1 / np.where(sum_ps == 0, 1, sum_ps))
+    pp = p[:, :, None] * p[:, None, :]
+    div = ngp * (ngp - 1)
+    contrast = (pp * di**2).sum((1, 2)) * sum_s / nvp
+    f["Contrast"] = _safe_div(contrast, div, 0.0)
+    ip = ivec * p
+    absdiff = np.where(both, np.abs(ip[:, :, None] - ip[:, None, :]), 0).sum((1, 2))
+    f["Busyness"] = _safe_div(sum_ps, absdiff, 0.0)
+    psum = p[:, :, None] + p[:, None, :]
+    num = np.where(both, ps[:, :, None] + ps[:, None, :], 0)
+    f["Complexity"] = (np.abs(di) * num / np.where(psum == 0, 1, psum)).sum((1, 2)) / nvp
+    strength = np.where(both, psum * di**2, 0).sum((1, 2))
+    f["Strength"] = _safe_div(strength, sum_s, 0.0)
     return f
 
 
-def _average_angles(per_angle: dict[str, np.ndarray]) -> dict[str, float]:
-    return {k: float(np.nanmean(v)) for k, v in per_angle.items()}
-
-
-def texture_features(
-    levels: np.ndarray, mask: np.ndarray, settings: RadiomicsSettings, classes: Iterable[str]
-) -> dict[str, dict[str, float]]:
-    """Features of every requested texture class for discretised ``levels`` inside ``mask``."""
-    classes = list(classes)
-    grid = _Grid(levels, mask, settings)
-    gray = grid.gray
-    out: dict[str, dict[str, float]] = {}
-    weighted = settings.weightingNorm is not None
-    if "glcm" in classes:
-        P = glcm_matrices(grid, settings.symmetricalGLCM)
-        P = P[:, gray - 1][:, :, gray - 1]
-        if weighted:
-            P = P.sum(0, keepdims=True)
-        P = P[P.sum((1, 2)) > 0]
-        if P.shape[0] == 0:
-            out["glcm"] = {}
-        else:
-            out["glcm"] = _average_angles(_glcm_features(P, gray, grid.ng))
-    if "glrlm" in classes:
-        R = glrlm_matrices(grid)[:, gray - 1]
-        n_norm = grid.np_
-        if weighted:
-            n_norm = grid.np_ * R.shape[0]
-            R = R.sum(0, keepdims=True)
-        per = [_emphasis(R[a], gray, GLRLM_NAMES, n_norm) for a in range(R.shape[0]) if R[a].sum() > 0]
-        out["glrlm"] = {k: float(np.nanmean([d[k] for d in per])) for k in per[0]}
-    if "glszm" in classes:
-        Z = glszm_matrix(levels, mask, settings)[gray - 1]
-        out["glszm"] = _emphasis(Z, gray, GLSZM_NAMES, grid.np_)
-    if "gldm" in classes:
-        D = gldm_matrix(grid, settings.gldm_a)[gray - 1]
-        out["gldm"] = _emphasis(D, gray, GLDM_NAMES, grid.np_)
-    if "ngtdm" in classes:
-        n, s = ngtdm_matrix(grid)
-        out["ngtdm"] = _ngtdm_features(n, s)
+def texture_batch(lat: VoxelLattice, settings: RadiomicsSettings, classes: Iterable[str],
+                  spacing_xyz: tuple[float, float, float]) -> dict[str, dict[str, np.ndarray]]:
+    """Features of every requested texture class, each an (N,) array over the crops of ``lat``."""
+    want = [c for c in classes if c in CLASSES]
+    if not want:
+        return {}
+    m = _Matrices(lat, settings, want)
+    spacing_zyx = np.asarray(spacing_xyz, dtype=np.float64)[::-1]
+    norm = settings.weightingNorm
+    ng = np.array([int(np.flatnonzero(row).max()) + 1 for row in m.present])
+    out: dict[str, dict[str, np.ndarray]] = {}
+    if "glcm" in want:
+        P = m.glcm
+        if settings.symmetricalGLCM:
+            P = P + P.transpose(0, 1, 3, 2)
+        if norm is not None:
+            w = _angle_weights(m.offs_all, norm, spacing_zyx, glcm=True)
+            P = np.einsum("nagh,a->ngh", P, w)[:, None]
+        out["glcm"] = _glcm_features(P, m.present, ng)
+    if "glrlm" in want:
+        R = m.glrlm
+        if norm is not None:
+            w = _angle_weights(m.offs_unit, norm, spacing_zyx, glcm=False)
+            R = np.einsum("nagr,a->ngr", R, w)[:, None]
+        out["glrlm"] = _glrlm_features(R)
+    if "glszm" in want:
+        out["glszm"] = _glszm_features(m)
+    if "gldm" in want:
+        out["gldm"] = _matrix_features(m.gldm, np.diff(lat.starts).astype(np.float64), GLDM_NAMES)
+    if "ngtdm" in want:
+        out["ngtdm"] = _ngtdm_features(m.nvox, m.ngtdm_s, m.present)
     return out

@@ -46,7 +46,7 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0
 
 
-def _printer(quiet: bool) -> ProgressCallback | None:
+def progress_printer(quiet: bool) -> ProgressCallback | None:
     if quiet or not _is_main_process():
         return None
 
@@ -70,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
     try:
-        model_dir = train_from_config(args.model, args.config, overrides=overrides, progress=_printer(args.quiet))
+        printer = progress_printer(args.quiet)
+        model_dir = train_from_config(args.model, args.config, overrides=overrides, progress=printer)
     except MedGenError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -464,8 +464,8 @@ class Trainer:
             for group in opt.param_groups:
                 group.setdefault("base_lr", group["lr"])
         for name, module in models.items():
-            if name not in trainable:
-                module.to(accelerator.device)
+            if name not in trainable:  # frozen helpers (e.g. a pretrained autoencoder) never update statistics
+                module.to(accelerator.device).eval()
         prepared = accelerator.prepare(*(models[n] for n in trainable), *optimizers.values(), loader)
         for i, name in enumerate(trainable):
             models[name] = prepared[i]

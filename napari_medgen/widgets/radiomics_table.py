@@ -77,7 +77,9 @@ class RadiomicsTableWidget(Container):
             return
         self._compute.enabled = False
         self._status.value = "computing..."
-        self.worker = create_worker(features_for, image, labels, label, params, _start_thread=False, _ignore_errors=True)
+        self.worker = create_worker(
+            features_for, image, labels, label, params, _start_thread=False, _ignore_errors=True
+        )
         self.worker.returned.connect(self._show)
         self.worker.errored.connect(self._report)
         self.worker.finished.connect(lambda: setattr(self._compute, "enabled", True))

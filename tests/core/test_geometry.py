@@ -41,6 +41,7 @@ def directions(draw: st.DrawFn) -> tuple[float, ...]:
     q = q @ np.diag(np.sign(np.diag(r)))
     if draw(st.booleans()):
         q[:, 2] *= -1.0
+    q[np.abs(q) < 1e-100] = 0.0  # QR can leave ~1e-308 entries; their ITK handling has its own test below
     return tuple(q.reshape(-1))
 
 
@@ -302,7 +303,7 @@ def test_real_flipped_label_grid_is_resampled_exactly(shared_data: Path) -> None
 def test_subnormal_direction_entries_do_not_break_resampling() -> None:
     """QR-made rotations can carry 1e-308 entries; ITK's SVD turns those into NaN unless flushed."""
     c, s = 0.9363291775690448, 0.3511234415883917
-    direction = (c, -s, 8e-309, s, c, -2.2e-308, 0.0, 2.4e-308, 1.0)
+    direction = (c, -s, 8e-309, s, c, -2.2e-308, 0.0, 2.97e-308, 1.0)
     labels = LabelMap(np.full((1, 2, 2), 4, np.uint8), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), direction)
     np.testing.assert_array_equal(resample_like(labels, labels).array, labels.array)
     np.testing.assert_array_equal(resample_to_spacing(labels, labels.spacing).array, labels.array)

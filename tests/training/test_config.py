@@ -101,3 +101,11 @@ def test_learning_rate_schedules() -> None:
     linear = TrainConfig(max_steps=10, lr_scheduler="linear")
     assert lr_factor(5, linear) == pytest.approx(0.5)
     assert lr_factor(7, TrainConfig(max_steps=10)) == 1.0
+
+
+def test_unknown_model_card_section(tmp_path: Path) -> None:
+    from napari_medgen.training.trainer import Trainer
+
+    config = load_config(write(tmp_path, "data: {root: x}\ncard: {licnse: MIT}\n"))
+    with pytest.raises(ConfigError, match="card.licnse"):
+        Trainer(get_task("segmenter")(config), config)

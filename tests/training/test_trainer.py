@@ -68,7 +68,7 @@ def write_config(path: Path, data_root: Path, **overrides: Any) -> Path:
 
 
 def loss_log(out_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (out_dir / "loss_log.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (out_dir / "loss_log.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def test_segmenter_learns_and_exports_ema_weights(tmp_path: Path, disc_data: Path) -> None:
@@ -91,7 +91,7 @@ def test_segmenter_learns_and_exports_ema_weights(tmp_path: Path, disc_data: Pat
         assert torch.equal(value.detach(), ema[f"segmenter/{name}"]), name
     assert any(not torch.equal(raw[k], ema[f"segmenter/{k}"]) for k in raw)  # EMA differs from the last iterate
 
-    card = (model_dir / "README.md").read_text()
+    card = (model_dir / "README.md").read_text(encoding="utf-8")
     assert "val_dice" in card and "CC0 (synthetic)" in card and "| steps | 24 |" in card
     assert set(model.hub_extra["splits"]) == {"train", "val", "test"}
     assert len(model.hub_extra["splits"]["val"]) == 2
@@ -260,7 +260,7 @@ def test_same_command_runs_under_accelerate_launch_with_two_processes(tmp_path: 
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "run"
     assert (out / "model" / "model.safetensors").is_file()
-    state = json.loads((out / "checkpoints" / "step_000003" / "trainer_state.json").read_text())
+    state = json.loads((out / "checkpoints" / "step_000003" / "trainer_state.json").read_text(encoding="utf-8"))
     assert state["num_processes"] == 2
     assert len(loss_log(out)) == 3  # only rank 0 writes
     assert isinstance(from_pretrained(out / "model"), nn.Module)
