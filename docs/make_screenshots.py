@@ -6,7 +6,7 @@ Run under an X server, e.g. on a headless machine:
 
 It opens the PyRadiomics ``brain1`` MR image and its lesion label (BSD-3, from ``../shared/data``)
 through the napari-medgen reader, or the synthetic tumour phantom when that data is absent, shows an
-axial slice through the lesion and saves ``docs/images/napari_reader.png``.
+axial slice through the lesion, and saves the screenshots of `SCREENSHOTS` into ``docs/images/``.
 """
 
 from __future__ import annotations
@@ -55,13 +55,54 @@ def reader_screenshot(out: Path, data_dir: Path) -> Path:
     return out
 
 
+def radiomics_widget_screenshot(out: Path, data_dir: Path) -> Path:
+    """The "Radiomics features" dock widget after computing the lesion's features."""
+    import napari
+    from PIL import Image
+    from qtpy.QtWidgets import QApplication
+
+    from napari_medgen.widgets.radiomics_table import RadiomicsTableWidget
+
+    viewer = napari.Viewer(show=True, title="napari-medgen: radiomics features of a lesion")
+    image_path, label_path = data_dir / "brain1_image.nrrd", data_dir / "brain1_label.nrrd"
+    if image_path.is_file() and label_path.is_file():
+        [image] = viewer.open(str(image_path), plugin="napari-medgen")
+        [labels] = viewer.open(str(label_path), plugin="napari-medgen")
+    else:
+        image, labels = viewer.open_sample("napari-medgen", "phantom")
+    labels.opacity = 0.55
+    widget = RadiomicsTableWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Radiomics features", area="right")
+    widget.compute()
+    centre = np.argwhere(labels.data > 0).mean(axis=0)
+    viewer.window._qt_window.resize(1500, 950)
+    viewer.reset_view()
+    viewer.dims.set_point(0, labels.data_to_world(centre)[0])
+    for _ in range(20):
+        QApplication.processEvents()
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(shot)).save(out)
+    viewer.close()
+    return out
+
+
+SCREENSHOTS = {
+    "napari_reader.png": reader_screenshot,
+    "radiomics_widget.png": radiomics_widget_screenshot,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with brain1_image/label.nrrd")
-    parser.add_argument("--out", type=Path, default=DOCS / "images" / "napari_reader.png")
+    parser.add_argument("--out-dir", type=Path, default=DOCS / "images")
+    parser.add_argument("--only", choices=sorted(SCREENSHOTS), help="make just this screenshot")
     args = parser.parse_args()
-    path = reader_screenshot(args.out, args.data)
-    print(f"wrote {path}")
+    for name, make in SCREENSHOTS.items():
+        if args.only and name != args.only:
+            continue
+        print(f"wrote {make(args.out_dir / name, args.data)}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, TypeVar
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -212,6 +213,65 @@ def radiomics(
             console.print(f"wrote {len(rows)} case(s) to {out}")
     except MedGenError as error:
         _fail(error)
+
+
+def _floats(text: str, name: str, count: int = 3) -> tuple[float, ...]:
+    """Parse 'a,b,c' options (spacing, centres) with a clear message."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise MedGenError(f"{name} needs {count} comma-separated numbers (e.g. 1,1,2.5); got '{text}'.")
+    return values
+
+
+def _feature_settings(items: list[str] | None) -> dict[str, float]:
+    """``--set Name=value`` pairs (pyradiomics feature names) as floats."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise MedGenError(f"--set needs Name=number (e.g. VoxelVolume=8000); got '{item}'.")
+    return out
+
+
+@app.command()
+def shape(
+    out: Annotated[Path, typer.Option("--out", help="Output mask file (.nii.gz, .nrrd, .seg.nrrd, ...).")],
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Requested shape feature (pyradiomics name), e.g. --set VoxelVolume=8000 --set Sphericity=0.8."
+    )] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Named request, e.g. medium-round.")] = None,
+    spacing: Annotated[str, typer.Option("--spacing", help="Output voxel size SX,SY,SZ in mm.")] = "1,1,1",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same mask).")] = 0,
+    model: Annotated[str | None, typer.Option("--model", help="Bundled model name or checkpoint folder.")] = None,
+    reference: Annotated[Path | None, typer.Option(
+        "--reference", help="Place the mask into this image's grid (needs --center-mm)."
+    )] = None,
+    center_mm: Annotated[str | None, typer.Option("--center-mm", help="Tumour centre X,Y,Z (LPS mm).")] = None,
+) -> None:
+    """Generate a tumour mask with requested shape features (volume, sphericity, ...)."""
+    from napari_medgen.core import io
+    from napari_medgen.pipelines.shape_generation import DEFAULT_MODEL, generate_shape, place_shape
+
+    try:
+        features = _feature_settings(set_)
+        mask = generate_shape(features or None, preset=preset, spacing=_floats(spacing, "--spacing"), seed=seed,
+                              model=model or DEFAULT_MODEL)
+        if reference is not None or center_mm is not None:
+            if reference is None or center_mm is None:
+                raise MedGenError("--reference and --center-mm go together: the image grid and the point in it.")
+            mask = place_shape(mask, io.read_volume(reference), _floats(center_mm, "--center-mm"))
+        io.write_volume(mask, out)
+    except MedGenError as error:
+        _fail(error)
+    volume = float((mask.array > 0).sum() * np.prod(mask.spacing))
+    console.print(f"wrote {out}: {volume:.0f} mm3 of tumour on a {mask.shape[::-1]} grid, spacing {mask.spacing}")
 
 
 @app.command()
