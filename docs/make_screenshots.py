@@ -28,12 +28,11 @@ def _process_events(rounds: int = 10) -> None:
         QApplication.processEvents()
 
 
-def reader_screenshot(out: Path, data_dir: Path) -> Path:
-    """Image + lesion labels opened through the plugin reader, axial slice through the lesion centre."""
+def _open_lesion_case(title: str, data_dir: Path):  # noqa: ANN202 - (viewer, image layer, labels layer)
+    """A shown viewer with brain1 image + lesion (or the phantom when the real data is absent)."""
     import napari
-    from PIL import Image
 
-    viewer = napari.Viewer(show=True, title="napari-medgen: MR image + lesion label in physical space")
+    viewer = napari.Viewer(show=True, title=title)
     image_path, label_path = data_dir / "brain1_image.nrrd", data_dir / "brain1_label.nrrd"
     if image_path.is_file() and label_path.is_file():
         [image] = viewer.open(str(image_path), plugin="napari-medgen")
@@ -41,50 +40,41 @@ def reader_screenshot(out: Path, data_dir: Path) -> Path:
     else:
         image, labels = viewer.open_sample("napari-medgen", "phantom")
     labels.opacity = 0.55
+    return viewer, image, labels
+
+
+def _save_shot(viewer, labels, out: Path, size: tuple[int, int]) -> Path:  # noqa: ANN001
+    """Axial slice through the lesion centre, whole window, written to ``out``."""
+    from PIL import Image
+
     centre = np.argwhere(labels.data > 0).mean(axis=0)
-    world = labels.data_to_world(centre)
-    viewer.window._qt_window.resize(1400, 900)
+    viewer.window._qt_window.resize(*size)
     viewer.reset_view()
-    viewer.dims.set_point(0, world[0])
-    viewer.layers.selection = {labels}
-    _process_events()
+    viewer.dims.set_point(0, labels.data_to_world(centre)[0])
+    _process_events(20)
     shot = viewer.screenshot(canvas_only=False, flash=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(shot)).save(out)
     viewer.close()
     return out
+
+
+def reader_screenshot(out: Path, data_dir: Path) -> Path:
+    """Image + lesion labels opened through the plugin reader, axial slice through the lesion centre."""
+    viewer, _, labels = _open_lesion_case("napari-medgen: MR image + lesion label in physical space", data_dir)
+    viewer.layers.selection = {labels}
+    return _save_shot(viewer, labels, out, (1400, 900))
 
 
 def radiomics_widget_screenshot(out: Path, data_dir: Path) -> Path:
     """The "Radiomics features" dock widget after computing the lesion's features."""
-    import napari
-    from PIL import Image
-    from qtpy.QtWidgets import QApplication
-
     from napari_medgen.widgets.radiomics_table import RadiomicsTableWidget
 
-    viewer = napari.Viewer(show=True, title="napari-medgen: radiomics features of a lesion")
-    image_path, label_path = data_dir / "brain1_image.nrrd", data_dir / "brain1_label.nrrd"
-    if image_path.is_file() and label_path.is_file():
-        [image] = viewer.open(str(image_path), plugin="napari-medgen")
-        [labels] = viewer.open(str(label_path), plugin="napari-medgen")
-    else:
-        image, labels = viewer.open_sample("napari-medgen", "phantom")
-    labels.opacity = 0.55
+    viewer, _, labels = _open_lesion_case("napari-medgen: radiomics features of a lesion", data_dir)
     widget = RadiomicsTableWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Radiomics features", area="right")
     widget.compute()
-    centre = np.argwhere(labels.data > 0).mean(axis=0)
-    viewer.window._qt_window.resize(1500, 950)
-    viewer.reset_view()
-    viewer.dims.set_point(0, labels.data_to_world(centre)[0])
-    for _ in range(20):
-        QApplication.processEvents()
-    shot = viewer.screenshot(canvas_only=False, flash=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(shot)).save(out)
-    viewer.close()
-    return out
+    return _save_shot(viewer, labels, out, (1500, 950))
 
 
 SCREENSHOTS = {

@@ -61,58 +61,57 @@ def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
 
 
 def _shape_batch(masks: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, np.ndarray]:
-    """Shape features of every crop: the batched implementation when shape.py provides one."""
-    batched = getattr(shape, "shape_features_batch", None)
-    if batched is not None:
-        return {k: np.asarray(v, dtype=np.float64) for k, v in batched(masks, spacing).items()}
-    rows = [shape.shape_features(np.ascontiguousarray(m[_bbox(m)]), spacing) for m in masks]
-    return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]}
+    """Shape features of every crop (vectorised table-based marching cubes, see shape.py)."""
+    return {k: np.asarray(v, dtype=np.float64) for k, v in shape.shape_features_batch(masks, spacing).items()}
 
 
-def _intensity(images: np.ndarray, masks: np.ndarray, spacing: tuple[float, float, float],
+def _intensity(masks: np.ndarray, values: np.ndarray, starts: np.ndarray, spacing: tuple[float, float, float],
                settings: RadiomicsSettings, classes: list[str]) -> dict[str, np.ndarray]:
-    """First-order and texture features of crops whose ``masks`` each hold >= 1 voxel."""
+    """First-order and texture features of crops whose ``masks`` each hold >= 1 voxel.
+
+    ``values`` are the image values of the mask voxels in C order, crop k owning ``starts[k]:starts[k + 1]``.
+    """
     tex = [c for c in classes if c in texture.CLASSES]
-    box = (slice(None), *_bbox(masks.any(axis=0)))
-    masks = masks[box]
-    values = images[box][masks].astype(np.float64, copy=False)
-    counts = np.count_nonzero(masks.reshape(len(masks), -1), axis=1)
-    starts = np.zeros(len(masks) + 1, dtype=np.intp)
-    np.cumsum(counts, out=starts[1:])
     levels = discretize_values(values, starts, settings)
+    n_crops = len(masks)
     n_angles = len(angles(settings.distances, settings.force2D, settings.force2Ddimension))
-    if "glcm" in tex and len(masks) > 1 and len(masks) * n_angles * int(levels.max()) ** 2 > _MAX_GLCM_ENTRIES:
-        half = len(masks) // 2  # many gray levels: two smaller batches keep the GLCM stack in memory bounds
-        parts = [_intensity(images[:half], masks[:half], spacing, settings, classes),
-                 _intensity(images[half:], masks[half:], spacing, settings, classes)]
+    if "glcm" in tex and n_crops > 1 and n_crops * n_angles * int(levels.max()) ** 2 > _MAX_GLCM_ENTRIES:
+        half = n_crops // 2  # many gray levels: two smaller batches keep the GLCM stack in memory bounds
+        cut = starts[half]
+        parts = [_intensity(masks[:half], values[:cut], starts[: half + 1], spacing, settings, classes),
+                 _intensity(masks[half:], values[cut:], starts[half:] - cut, spacing, settings, classes)]
         return {k: np.concatenate([parts[0][k], parts[1][k]]) for k in parts[0]}
     out: dict[str, np.ndarray] = {}
     if "firstorder" in classes:
-        crop = np.repeat(np.arange(len(masks)), counts)
+        crop = np.repeat(np.arange(n_crops), np.diff(starts))
         vals = firstorder.firstorder_batch(values, levels, crop, starts, float(np.prod(spacing)),
                                            settings.voxelArrayShift)
         out.update({f"original_firstorder_{k}": v for k, v in vals.items()})
     if tex:
-        lattice = build_lattice(masks, levels, max(int(d) for d in settings.distances))
+        box = (slice(None), *_bbox(masks.any(axis=0)))  # cropping keeps the C order of the voxels
+        lattice = build_lattice(masks[box], levels, max(int(d) for d in settings.distances))
         for cls, vals in texture.texture_batch(lattice, settings, tex, spacing).items():
             out.update({f"original_{cls}_{k}": v for k, v in vals.items()})
     return out
 
 
-def _compute(images: np.ndarray, masks: np.ndarray, shape_masks: np.ndarray, spacing: tuple[float, float, float],
-             settings: RadiomicsSettings, classes: list[str]) -> dict[str, np.ndarray]:
+def _compute(masks: np.ndarray, values: np.ndarray, starts: np.ndarray, shape_masks: np.ndarray,
+             spacing: tuple[float, float, float], settings: RadiomicsSettings,
+             classes: list[str]) -> dict[str, np.ndarray]:
     """Features of N crops whose (resegmented) ``masks`` each hold >= 1 voxel; every value is an (N,) array."""
     out: dict[str, np.ndarray] = {}
     if "shape" in classes:
         out.update({f"original_shape_{k}": v for k, v in _shape_batch(shape_masks, spacing).items()})
     if "firstorder" in classes or any(c in texture.CLASSES for c in classes):
-        out.update(_intensity(images, masks, spacing, settings, classes))
+        out.update(_intensity(masks, values, starts, spacing, settings, classes))
     return out
 
 
 def compute_prepared(roi: PreparedROI, settings: RadiomicsSettings, classes: Iterable[str]) -> dict[str, float]:
     """Features of one already prepared ROI (a batch of one)."""
-    vals = _compute(roi.image[None], roi.mask[None], roi.shape_mask[None], roi.spacing, settings, list(classes))
+    values = roi.image[roi.mask].astype(np.float64, copy=False)
+    starts = np.array([0, values.size], dtype=np.intp)
+    vals = _compute(roi.mask[None], values, starts, roi.shape_mask[None], roi.spacing, settings, list(classes))
     return {k: float(v[0]) for k, v in vals.items()}
 
 
@@ -157,24 +156,29 @@ def _resegment(values: np.ndarray, crop: np.ndarray, starts: np.ndarray, cfg: Ra
     return keep
 
 
-def _check_crops(imgs: np.ndarray, msk: np.ndarray, cfg: RadiomicsSettings) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Resegmented masks, which crops can be computed, and why the others cannot."""
+def _check_crops(imgs: np.ndarray, msk: np.ndarray, cfg: RadiomicsSettings
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, list[int]]]:
+    """Which crops can be computed (and why the others cannot), with their (resegmented) masks and values.
+
+    Returns the texture masks of all crops, the ``usable`` flags, the values of the usable crops' texture
+    voxels (crop-major), their per-crop starts, and the problems found.
+    """
     n = len(msk)
     counts = np.count_nonzero(msk.reshape(n, -1), axis=1)
-    problems: dict[str, list[int]] = {}
+    starts = np.zeros(n + 1, dtype=np.intp)
+    np.cumsum(counts, out=starts[1:])
+    values = imgs[msk].astype(np.float64, copy=False)
+    crop = np.repeat(np.arange(n), counts)
+    problems: dict[str, list[int]] = {"empty mask": np.flatnonzero(counts == 0).tolist()}
     usable = counts > 0
-    problems["empty mask"] = np.flatnonzero(~usable).tolist()
-    values = imgs[msk]
-    if values.dtype.kind == "f":
-        starts = np.concatenate([[0], np.cumsum(counts)])
-        bad = np.add.reduceat(~np.isfinite(values), starts[:-1][usable], dtype=np.int64) > 0 if usable.any() else []
-        idx = np.flatnonzero(usable)[np.asarray(bad, dtype=bool)]
-        problems["NaN or Inf voxels inside the mask"] = idx.tolist()
-        usable[idx] = False
-    dims = np.zeros(n, dtype=int)
-    for axis in (1, 2, 3):
-        other = tuple(a for a in (1, 2, 3) if a != axis)
-        dims += np.count_nonzero(msk.any(axis=other), axis=1) > 1
+    if values.size and not np.isfinite(values).all():
+        bad = np.zeros(n, dtype=bool)
+        bad[crop[~np.isfinite(values)]] = True
+        problems["NaN or Inf voxels inside the mask"] = np.flatnonzero(bad).tolist()
+        usable &= ~bad
+    z_extent = msk.reshape(n, msk.shape[1], -1).any(axis=2)  # (reductions over long or outer axes are fast)
+    yx_extent = msk.any(axis=1)
+    dims = sum(np.count_nonzero(e, axis=1) > 1 for e in (z_extent, yx_extent.any(axis=2), yx_extent.any(axis=1)))
     small = usable & (dims < cfg.minimumROIDimensions)
     problems[f"fewer than minimumROIDimensions={cfg.minimumROIDimensions} dimensions"] = np.flatnonzero(small).tolist()
     usable &= ~small
@@ -183,26 +187,30 @@ def _check_crops(imgs: np.ndarray, msk: np.ndarray, cfg: RadiomicsSettings) -> t
         problems[f"fewer than minimumROISize={cfg.minimumROISize} voxels"] = np.flatnonzero(tiny).tolist()
         usable &= ~tiny
     tex_masks = msk
+    keep = usable[crop]
     if cfg.resegmentRange is not None and usable.any():
-        sel = msk & usable[:, None, None, None]
-        vals = imgs[sel].astype(np.float64)
-        cnt = counts[usable]
-        starts = np.concatenate([[0], np.cumsum(cnt)])
-        keep = _resegment(vals, np.repeat(np.arange(len(cnt)), cnt), starts, cfg)
-        tex_masks = np.zeros_like(msk)
-        tex_masks[sel] = keep
-        gone = usable & ~tex_masks.reshape(n, -1).any(axis=1)
+        sub = np.flatnonzero(usable)
+        sub_starts = np.concatenate([[0], np.cumsum(counts[sub])])
+        kept = _resegment(values[keep], np.repeat(np.arange(len(sub)), counts[sub]), sub_starts, cfg)
+        keep[keep] = kept
+        tex_masks = msk.copy()
+        tex_masks[msk] = keep
+        gone = usable & (np.bincount(crop[keep], minlength=n) == 0)
         problems[f"resegmentRange {cfg.resegmentRange} removes every voxel"] = np.flatnonzero(gone).tolist()
         usable &= ~gone
-    return tex_masks, usable, {k: v for k, v in problems.items() if v}
+        keep &= usable[crop]
+    values = values[keep]
+    counts_u = np.bincount(crop[keep], minlength=n)[usable]
+    starts_u = np.zeros(len(counts_u) + 1, dtype=np.intp)
+    np.cumsum(counts_u, out=starts_u[1:])
+    return tex_masks, usable, values, starts_u, {k: v for k, v in problems.items() if v}
 
 
-def _plan_chunks(masks: np.ndarray, n_workers: int) -> list[np.ndarray]:
-    """Split crop numbers into chunks that bound memory and, for large batches, keep every worker busy."""
-    n = len(masks)
+def _plan_chunks(n: int, crop_shape: tuple[int, ...], n_workers: int) -> list[np.ndarray]:
+    """Split crop numbers 0..n-1 into chunks that bound memory and, for large batches, keep every worker busy."""
     if n == 0:
         return []
-    per_crop = int(np.prod([s + 2 for s in masks.shape[1:]]))
+    per_crop = int(np.prod([s + 2 for s in crop_shape]))
     n_chunks = max(1, -(-n * per_crop // _MAX_LATTICE_VOXELS))
     if n_workers > 1 and n >= 2 * _MIN_CROPS_PER_WORKER:
         n_chunks = max(n_chunks, min(n_workers, n // _MIN_CROPS_PER_WORKER))
@@ -239,7 +247,7 @@ def extract_features_batch(
         raise InvalidInputError(f"spacing must be 3 positive values (x, y, z); got {spacing}.")
     classes = _classes(feature_classes)
     msk = msk.astype(bool, copy=False)
-    tex_masks, usable, problems = _check_crops(imgs, msk, cfg)
+    tex_masks, usable, values, starts, problems = _check_crops(imgs, msk, cfg)
     shape_masks = tex_masks if cfg.resegmentShape else msk
     names = _feature_names(classes)
     out = {k: np.full(len(msk), np.nan) for k in names}
@@ -247,11 +255,14 @@ def extract_features_batch(
         warnings.warn(f"Radiomics features of crop(s) {idx} are NaN: {why}.", RuntimeWarning, stacklevel=2)
 
     todo = np.flatnonzero(usable)
-    n_workers = int(workers) if workers is not None else min(os.cpu_count() or 1, 4)
-    chunks = [todo[c] for c in _plan_chunks(msk[todo], n_workers)]
+    n_workers = max(1, int(workers)) if workers is not None else min(os.cpu_count() or 1, 4)
+    chunks = _plan_chunks(len(todo), msk.shape[1:], n_workers)  # positions in ``todo``
 
-    def run(sel: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        return sel, _compute(imgs[sel], tex_masks[sel], shape_masks[sel], sp, cfg, classes)
+    def run(part: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        sel = todo[part]
+        lo, hi = starts[part[0]], starts[part[-1] + 1]
+        return sel, _compute(tex_masks[sel], values[lo:hi], starts[part[0]:part[-1] + 2] - lo,
+                             shape_masks[sel], sp, cfg, classes)
 
     if len(chunks) > 1 and n_workers > 1:
         with ThreadPoolExecutor(max_workers=n_workers) as pool:

@@ -57,13 +57,15 @@ class VoxelLattice:
     same order as ``images[masks]``); crop k owns entries ``starts[k]:starts[k + 1]``.
     """
 
-    flat: np.ndarray  # gray level of every padded voxel, 0 outside the ROI
+    flat: np.ndarray  # gray level of every padded voxel, 0 outside the ROI (a view into ``_store``)
     index: np.ndarray  # flat index of every ROI voxel (intp, ascending)
     levels: np.ndarray  # gray level (1..n_levels) of every ROI voxel, dtype of ``flat``
     crop: np.ndarray  # crop number of every ROI voxel (intp)
     starts: np.ndarray  # (N + 1,) first ROI voxel of each crop, then the total
     shape: tuple[int, int, int, int]  # padded (N, Z, Y, X)
     n_levels: int  # largest gray level of the batch
+    _store: np.ndarray  # ``flat`` with ``_margin`` zeros on both sides, so shifted views need no copy
+    _margin: int
 
     @property
     def n_crops(self) -> int:
@@ -72,16 +74,52 @@ class VoxelLattice:
     def steps(self, offsets: np.ndarray) -> np.ndarray:
         return flat_offsets(offsets, self.shape)
 
-    def rank(self) -> np.ndarray:
-        """Flat array giving each ROI voxel's position in ``index`` (-1 elsewhere), to follow neighbour links."""
-        out = np.full(self.flat.size, -1, dtype=np.int32 if self.index.size < 2**31 else np.int64)
-        out[self.index] = np.arange(self.index.size, dtype=out.dtype)
-        return out
+    def shifted(self, step: int) -> np.ndarray:
+        """View ``v`` of the flat levels with ``v[i] == flat[i + step]`` (no copy, thanks to the margins)."""
+        start = self._margin + int(step)
+        return self._store[start:start + self.flat.size]
+
+    def ranker(self) -> RankIndex:
+        """Index that turns flat positions of ROI voxels back into their positions in ``index``."""
+        return RankIndex(self.index, self.shape[-1])
 
     def coords(self, k: int) -> np.ndarray:
         """(n, 3) padded (z, y, x) coordinates of the ROI voxels of crop ``k``."""
         sl = self.index[self.starts[k]:self.starts[k + 1]]
         return np.stack(np.unravel_index(sl, self.shape)[1:], axis=1)
+
+
+class RankIndex:
+    """Rank of ROI voxels from their flat positions, without a lattice-sized lookup table.
+
+    Each lattice row (fixed crop, z, y) is split into 64-voxel words holding one bit per ROI voxel. The rank
+    of a voxel is the number of ROI voxels in earlier words (a prefix sum) plus the set bits below it in its
+    own word (a popcount), since ``index`` is in flat order. This touches a few MB instead of the tens of MB
+    (and their page faults) of a full int32 lattice.
+    """
+
+    def __init__(self, index: np.ndarray, row_length: int) -> None:
+        self._row_length = row_length
+        self._words_per_row = -(-row_length // 64)
+        key, bit = self._key_bit(index)
+        first = np.flatnonzero(np.diff(key, prepend=-1))  # voxels are sorted, so equal keys are adjacent
+        n_words = int(key[-1]) + 1 if key.size else 1
+        self._words = np.zeros(n_words, dtype=np.uint64)
+        self._words[key[first]] = np.bitwise_or.reduceat(np.left_shift(np.uint64(1), bit), first)
+        counts = np.bitwise_count(self._words).astype(np.int64)
+        self._before = np.cumsum(counts) - counts
+
+    def _key_bit(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        row = flat // self._row_length
+        x = flat - row * self._row_length
+        key = row * self._words_per_row + (x >> 6)
+        return key, (x & 63).astype(np.uint64)
+
+    def __call__(self, flat: np.ndarray) -> np.ndarray:
+        """Ranks of the ROI voxels at flat positions ``flat`` (which must all be ROI voxels)."""
+        key, bit = self._key_bit(flat)
+        below = self._words[key] & (np.left_shift(np.uint64(1), bit) - np.uint64(1))
+        return self._before[key] + np.bitwise_count(below)
 
 
 def build_lattice(masks: np.ndarray, levels: np.ndarray, pad: int) -> VoxelLattice:
@@ -99,10 +137,13 @@ def build_lattice(masks: np.ndarray, levels: np.ndarray, pad: int) -> VoxelLatti
     n_levels = int(levels.max())
     dtype = level_dtype(n_levels)
     lv = levels.astype(dtype, copy=False)
-    flat = np.zeros(int(np.prod(shape)), dtype=dtype)
+    size = int(np.prod(shape))
+    margin = pad * (shape[2] * shape[3] + shape[3] + 1)  # the largest neighbour step
+    store = np.zeros(size + 2 * margin, dtype=dtype)
+    flat = store[margin:margin + size]
     flat[index] = lv
     counts = np.count_nonzero(masks.reshape(n, -1), axis=1)
     starts = np.zeros(n + 1, dtype=np.intp)
     np.cumsum(counts, out=starts[1:])
     crop = np.repeat(np.arange(n, dtype=np.intp), counts)
-    return VoxelLattice(flat, index, lv, crop, starts, shape, n_levels)
+    return VoxelLattice(flat, index, lv, crop, starts, shape, n_levels, store, margin)

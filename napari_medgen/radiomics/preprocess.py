@@ -124,6 +124,14 @@ def resegment(values: np.ndarray, settings: RadiomicsSettings) -> np.ndarray:
     return keep
 
 
+def _check_finite(values: np.ndarray) -> None:
+    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+        raise InvalidInputError(
+            "The image has NaN or Inf voxels inside the ROI; radiomics features would be undefined. "
+            "Replace them (e.g. np.nan_to_num) or exclude them from the label first."
+        )
+
+
 def prepare(image: Volume, labels: LabelMap, label: int, settings: RadiomicsSettings) -> PreparedROI:
     """Validate inputs and produce the cropped arrays the feature classes work on."""
     if not isinstance(image, Volume) or not isinstance(labels, Volume):
@@ -131,23 +139,20 @@ def prepare(image: Volume, labels: LabelMap, label: int, settings: RadiomicsSett
     image.require_same_grid(labels)
     label_arr = np.asarray(labels.array)
     mask_arr = label_arr == label
-    if not mask_arr.any():
+    flat_idx = np.flatnonzero(mask_arr)
+    if not flat_idx.size:
         present = [int(v) for v in np.unique(label_arr) if v != 0]
         raise InvalidInputError(
             f"Label {label} is not present in the label map (labels present: {present or 'none, it is empty'}). "
             "Pass one of the present labels with label=..."
         )
     img_vals = np.asarray(image.array)
-    if img_vals.dtype.kind == "f" and not np.all(np.isfinite(img_vals[mask_arr])):
-        raise InvalidInputError(
-            "The image has NaN or Inf voxels inside the ROI; radiomics features would be undefined. "
-            "Replace them (e.g. np.nan_to_num) or exclude them from the label first."
-        )
     needs_sitk = settings.normalize or settings.resampledPixelSpacing is not None
     spacing = image.spacing
     if needs_sitk:
         import SimpleITK as sitk
 
+        _check_finite(img_vals[mask_arr])
         img = _to_sitk(image)
         mask_img = sitk.GetImageFromArray(mask_arr.astype(np.uint8))
         mask_img.CopyInformation(img)
@@ -158,12 +163,15 @@ def prepare(image: Volume, labels: LabelMap, label: int, settings: RadiomicsSett
         img_vals = sitk.GetArrayFromImage(img)
         mask_arr = sitk.GetArrayFromImage(mask_img).astype(bool)
         spacing = tuple(float(s) for s in img.GetSpacing())
-        if not mask_arr.any():
+        flat_idx = np.flatnonzero(mask_arr)
+        if not flat_idx.size:
             raise InvalidInputError("The ROI vanished after resampling; use a finer resampledPixelSpacing.")
-    idx = np.nonzero(mask_arr)
-    sl = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+    coords = np.unravel_index(flat_idx, mask_arr.shape)  # bounding box from the ROI voxels only
+    sl = tuple(slice(int(c.min()), int(c.max()) + 1) for c in coords)
     crop_img = np.asarray(img_vals[sl], dtype=np.float64)
     crop_mask = np.ascontiguousarray(mask_arr[sl])
+    if not needs_sitk:
+        _check_finite(crop_img[crop_mask])
     dims = sum(int(s.stop - s.start > 1) for s in sl)
     if dims < settings.minimumROIDimensions:
         raise InvalidInputError(
@@ -209,13 +217,39 @@ def bin_edges(values: np.ndarray, settings: RadiomicsSettings) -> np.ndarray:
 def discretize_values(values: np.ndarray, starts: np.ndarray, settings: RadiomicsSettings) -> np.ndarray:
     """Gray levels (1..Ng) of ROI values of several crops, each binned on its own (as pyradiomics would).
 
-    Crop k owns ``values[starts[k]:starts[k + 1]]``; with binWidth the edges of each crop are anchored at the
-    multiple of binWidth just below that crop's minimum.
+    Crop k owns ``values[starts[k]:starts[k + 1]]``. The edges of each crop are exactly those of
+    `bin_edges` (``np.digitize`` semantics: level j when edge[j-1] <= value < edge[j]); the bin of every
+    value is guessed arithmetically for all crops at once and then checked against those edges.
     """
-    out = np.empty(values.shape, dtype=np.int64)
-    for k in range(len(starts) - 1):
-        seg = values[starts[k]:starts[k + 1]]
-        out[starts[k]:starts[k + 1]] = np.digitize(seg, bin_edges(seg, settings))
+    n_crops = len(starts) - 1
+    s0 = starts[:-1]
+    counts = np.diff(starts)
+    crop = np.repeat(np.arange(n_crops), counts)
+    edge_list = [bin_edges(values[starts[k]:starts[k + 1]], settings) for k in range(n_crops)]
+    n_edges = np.array([len(e) for e in edge_list])
+    offset = np.concatenate([[0], np.cumsum(n_edges)[:-1]])
+    edges = np.concatenate(edge_list)
+    first = edges[offset]
+    width = (edges[offset + 1] - first)  # all bins but the binCount top one share this width
+    base = offset[crop]
+    top = (n_edges - 2)[crop]
+    j = np.clip(np.floor((values - first[crop]) / width[crop]), 0, top).astype(np.intp)
+    j += base  # index of the guessed lower edge in ``edges``
+    ok = values >= edges[j]
+    ok &= values < edges[j + 1]
+    if not ok.all():  # rounding put a value one bin off: step it towards its true bin
+        lo = base[~ok]
+        hi = lo + (n_edges - 2)[crop[~ok]]
+        jj, vv = j[~ok], values[~ok]
+        for _ in range(2):
+            jj -= (vv < edges[jj]) & (jj > lo)
+            jj += (vv >= edges[jj + 1]) & (jj < hi)
+        j[~ok] = jj
+        ok = (values >= edges[j]) & (values < edges[j + 1])
+    out = j - base + 1
+    if not ok.all():  # a guess more than two bins off (never seen): redo those crops with np.digitize
+        for k in np.unique(crop[~ok]):
+            out[s0[k]:starts[k + 1]] = np.digitize(values[s0[k]:starts[k + 1]], edge_list[k])
     return out
 
 

@@ -1,18 +1,20 @@
 """Texture matrices (GLCM, GLRLM, GLSZM, GLDM, NGTDM) and their features for many crops at once.
 
 Everything runs on a `VoxelLattice` (ROI voxels of N crops in one zero-padded flat array), one neighbour
-direction at a time, for all crops together:
+direction at a time, for all crops together; each direction costs a few gathers over the ROI voxels:
 
 - GLCM: one ``np.bincount`` per direction over (crop, i, j) codes.
-- GLDM / NGTDM: per-voxel neighbour counts and sums accumulated from the shifted gathers.
-- GLRLM: a voxel starts a run when its backward neighbour differs, ends one when its forward neighbour
-  differs; runs longer than one voxel are followed link by link (total work = number of voxels in them).
-- GLSZM: 26-connected same-level zones are connected components of the "same level" links, found with a
-  vectorised union-find (hook roots, then pointer jumping) over the whole batch.
+- GLDM / NGTDM: per-voxel neighbour counts and sums accumulated from the forward/backward gathers.
+- GLRLM: runs of length 1 are counted by subtraction (voxels minus same-level links); the runs that start a
+  link chain are followed voxel by voxel, so the work is the number of voxels in runs longer than one.
+  As in pyradiomics, a direction in which no line holds two ROI voxels (e.g. across a one-slice ROI) is
+  dropped for that crop.
+- GLSZM: 26-connected (8 in 2D) same-level zones are the connected components of the same-level links,
+  found with a vectorised union-find over the whole batch; the features are sums over the zone list.
 
-Feature formulas are then applied to the batched matrices (N, angles, Ng, Ng) and friends. Gray levels
-absent from a crop simply have empty rows/columns; the few formulas where pyradiomics' deletion of those
-rows matters (NGTDM, MCC) mask them explicitly. Per-angle features are averaged with ``nanmean`` over the
+Feature formulas are applied to the batched matrices (N, angles, Ng, Ng) and friends. Gray levels absent
+from a crop simply have empty rows/columns; the formulas where pyradiomics' deletion of those rows matters
+(NGTDM pairwise sums, MCC) mask them explicitly. Per-angle features are averaged with ``nanmean`` over the
 angles that have data, as pyradiomics does.
 """
 
@@ -100,8 +102,10 @@ def _angle_weights(offsets: np.ndarray, norm: str, spacing_zyx: np.ndarray, glcm
 def _components(parent: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Union-find over links ``src[k] -- dst[k]``: returns every node's root (the smallest node of its component).
 
-    ``parent`` must be a forest of depth <= 1 (e.g. ``arange``); it is updated in place. Each round hooks the
-    larger root of every still-split link onto the smaller one, then compresses paths by pointer jumping.
+    ``parent`` is the starting forest, of depth <= 1 with roots smaller than their nodes (e.g. ``arange``); it
+    may be overwritten. Each round hooks the larger root of every still-split link onto the smaller one (when
+    several links hook the same root, any one wins and the others wait for the next round), then compresses
+    paths by pointer jumping.
     """
     while src.size:
         ps = parent[src]
@@ -139,17 +143,22 @@ def _pair_counts(group: np.ndarray, value: np.ndarray, n_groups: int, small: int
 
 # ----------------------------------------------------------------------------------------------- matrices
 class _Matrices:
-    """Raw texture counts of a lattice, built in one sweep over the neighbour directions."""
+    """Raw texture counts of a lattice, built in one sweep over the neighbour directions.
+
+    Per direction the forward and backward neighbour levels of every ROI voxel are gathered once (into
+    reused buffers: fresh large arrays cost page faults) and shared by all requested classes.
+    """
 
     def __init__(self, lat: VoxelLattice, settings: RadiomicsSettings, classes: list[str]) -> None:
         self.n = lat.n_crops
         g = lat.n_levels
         self.g = g
         g1 = g + 1
+        n_vox = lat.index.size
         lv = lat.levels
         lvi = lv.astype(np.intp)
-        cl = lat.crop * g1 + lvi  # (crop, level) code of every ROI voxel
-        self.cl = cl
+        cl = lat.crop * g1
+        cl += lvi  # (crop, level) code of every ROI voxel
         nvox = np.bincount(cl, minlength=self.n * g1).reshape(self.n, g1)[:, 1:]
         self.nvox = nvox.astype(np.float64)
         self.present = nvox > 0
@@ -160,143 +169,169 @@ class _Matrices:
         want = set(classes)
         use_all = bool(want & {"glcm", "gldm", "ngtdm"})
         use_unit = bool(want & {"glrlm", "glszm"})
-        keys = ([tuple(o) for o in offs_all] if use_all else []) + (
-            [tuple(o) for o in offs_unit if tuple(o) not in {tuple(x) for x in offs_all} or not use_all]
-            if use_unit else []
-        )
-        all_pos = {tuple(o): a for a, o in enumerate(offs_all)}
-        unit_pos = {tuple(o): a for a, o in enumerate(offs_unit)}
+        all_pos = {tuple(o): a for a, o in enumerate(offs_all)} if use_all else {}
+        unit_pos = {tuple(o): a for a, o in enumerate(offs_unit)} if use_unit else {}
+        keys = list(all_pos) + [k for k in unit_pos if k not in all_pos]
         steps = lat.steps(np.array(keys, dtype=np.int64).reshape(-1, 3))
-
-        n_all = len(offs_all)
+        n_all, n_unit = len(offs_all), len(offs_unit)
         alpha = settings.gldm_a
+        glcm_unit = "glcm" in want and all(k in all_pos for k in unit_pos)
+        # GLDM with alpha 0 on the 26-neighbourhood counts exactly the "same level" links GLSZM/GLRLM need;
+        # when NGTDM gathers the backward neighbours anyway, comparing them is cheaper still
+        gldm_links = ("gldm" in want and use_unit and alpha == 0 and set(all_pos) == set(unit_pos)
+                      and "ngtdm" not in want)
+        gldm_same = "gldm" in want and alpha == 0 and not gldm_links
+
         if "glcm" in want:
-            self.glcm = np.zeros((self.n, n_all, g, g))
+            self.glcm = np.empty((self.n, n_all, g, g))  # (i, j) counts, symmetrised if asked
+            code = np.empty(n_vox, dtype=np.intp)
             cl1 = cl * g1
-        if "gldm" in want:
-            dep = np.ones(lv.size, dtype=np.uint8 if 2 * n_all < 255 else np.uint16)
+        if "gldm" in want and not gldm_links:
+            dep = np.ones(n_vox, dtype=np.uint8 if 2 * n_all < 255 else np.uint16)
         if "ngtdm" in want:
-            nsum = np.zeros(lv.size, dtype=np.uint16 if 2 * n_all * g < 2**16 else np.int64)
-            ncnt = np.zeros(lv.size, dtype=np.uint8 if 2 * n_all < 255 else np.uint16)
+            nsum = np.zeros(n_vox, dtype=np.uint16 if 2 * n_all * g < 2**16 else np.int64)
+            ncnt = np.zeros(n_vox, dtype=np.uint8 if 2 * n_all < 255 else np.uint16)
         if use_unit:
-            rank = lat.rank()
+            rank_of = lat.ranker()
+            is_dst = np.zeros(n_vox, dtype=bool)
             self.link_src: list[np.ndarray] = []
             self.link_dst: list[np.ndarray] = []
-            run_codes: list[np.ndarray] = []
-            run_lengths: list[np.ndarray] = []
-            n_unit = len(offs_unit)
+            run_ends: list[tuple[int, np.ndarray]] = []
+            run_lengths: list[int] = []
             runs_total = np.zeros((self.n, n_unit, g))
-            pairs_unit = np.zeros((self.n, n_unit))
+            pairs_unit = np.zeros((self.n, n_unit), dtype=bool)
 
-        flat, index = lat.flat, lat.index
-        buf = np.empty_like(index)
+        index = lat.index
+        fwd = np.empty_like(lv)
+        bwd = np.empty_like(lv)
+        same = np.empty(n_vox, dtype=bool)
+        flag = np.empty(n_vox, dtype=bool)
         for key, step in zip(keys, steps, strict=True):
-            np.add(index, step, out=buf)
-            fwd = flat[buf]
-            need_bwd = ("gldm" in want or "ngtdm" in want) and key in all_pos or "glrlm" in want and key in unit_pos
-            if need_bwd:
-                np.subtract(index, step, out=buf)
-                bwd = flat[buf]
-            same_f = same_b = None
-            if key in all_pos and use_all:
+            np.take(lat.shifted(step), index, out=fwd, mode="clip")
+            in_all, in_unit = key in all_pos, key in unit_pos
+            if in_all and ("ngtdm" in want or "gldm" in want and not gldm_links):
+                np.take(lat.shifted(-step), index, out=bwd, mode="clip")
+            if in_all:
                 a = all_pos[key]
                 if "glcm" in want:
-                    counts = np.bincount(cl1 + fwd, minlength=self.n * g1 * g1)
-                    self.glcm[:, a] = counts.reshape(self.n, g1, g1)[:, 1:, 1:]
-                if "gldm" in want:
-                    if alpha == 0:
-                        same_f = fwd == lv
-                        same_b = bwd == lv
-                        dep += same_f
-                        dep += same_b
+                    np.add(cl1, fwd, out=code)
+                    counts = np.bincount(code, minlength=self.n * g1 * g1).reshape(self.n, g1, g1)
+                    if settings.symmetricalGLCM:
+                        np.add(counts[:, 1:, 1:], counts[:, 1:, 1:].transpose(0, 2, 1), out=self.glcm[:, a])
                     else:
-                        for nb in (fwd, bwd):
-                            diff = np.abs(nb.astype(np.int64) - lvi)
-                            dep += (nb > 0) & (diff <= alpha)
+                        self.glcm[:, a] = counts[:, 1:, 1:]
+                if gldm_same:
+                    np.equal(fwd, lv, out=same)
+                    dep += same
+                    np.equal(bwd, lv, out=flag)
+                    dep += flag
+                elif "gldm" in want and not gldm_links:
+                    for nb in (fwd, bwd):
+                        near = np.abs(nb.astype(np.int64) - lvi) <= alpha
+                        near &= nb > 0
+                        dep += near
                 if "ngtdm" in want:
                     nsum += fwd
                     nsum += bwd
-                    ncnt += fwd > 0
-                    ncnt += bwd > 0
-            if key in unit_pos and use_unit:
+                    np.greater(fwd, 0, out=flag)
+                    ncnt += flag
+                    np.greater(bwd, 0, out=flag)
+                    ncnt += flag
+            if in_unit:
                 u = unit_pos[key]
-                if same_f is None:
-                    same_f = fwd == lv
-                src = np.flatnonzero(same_f)
-                np.add(index[src], step, out=buf[: src.size])
-                dst = rank[buf[: src.size]]
+                if not (gldm_same and in_all):
+                    np.equal(fwd, lv, out=same)
+                src = np.flatnonzero(same)
+                dst = rank_of(index[src] + step)
                 self.link_src.append(src)
                 self.link_dst.append(dst)
                 if "glrlm" in want:
-                    if same_b is None:
-                        same_b = bwd == lv
-                    self._runs(u, cl, src, dst, same_f, same_b, run_codes, run_lengths, runs_total, nvox, g1)
-                    pairs_unit[:, u] = np.add.reduceat(fwd > 0, lat.starts[:-1], dtype=np.int64)
+                    if glcm_unit:  # this direction's GLCM diagonal counts the same-level pairs
+                        pairs = self.glcm[:, all_pos[key]]
+                        same_pairs = np.diagonal(pairs, axis1=1, axis2=2) / (2 if settings.symmetricalGLCM else 1)
+                        pairs_unit[:, u] = pairs.any((1, 2))
+                    else:
+                        same_pairs = np.bincount(cl[src], minlength=self.n * g1).reshape(self.n, g1)[:, 1:]
+                        pairs_unit[:, u] = np.logical_or.reduceat(fwd, lat.starts[:-1])
+                    # every voxel starts a run unless its backward neighbour continues it
+                    runs_total[:, u] = nvox - same_pairs
+                    is_dst[dst] = True
+                    starts = src[~is_dst[src]]  # continue forward but not backward: first voxel of a run >= 2
+                    is_dst[dst] = False
+                    self._follow(lat, starts, int(step), u, run_ends, run_lengths)
 
         if "gldm" in want:
             n_dep = 2 * n_all + 1
-            hist = np.bincount(cl * n_dep + (dep.astype(np.intp) - 1), minlength=self.n * g1 * n_dep)
-            self.gldm = hist.reshape(self.n, g1, n_dep)[:, 1:].astype(np.float64)
+            if gldm_links:
+                ends = np.concatenate(self.link_src + self.link_dst)
+                dep = np.bincount(ends, minlength=n_vox) + 1
+            code_dep = cl * (n_dep + 1)
+            code_dep += dep  # dependence 1..n_dep
+            hist = np.bincount(code_dep, minlength=self.n * g1 * (n_dep + 1))
+            self.gldm = hist.reshape(self.n, g1, n_dep + 1)[:, 1:, 1:].astype(np.float64)
         if "ngtdm" in want:
-            valid = ncnt > 0
-            diff = np.abs(lvi[valid] - nsum[valid] / ncnt[valid])
-            s = np.bincount(cl[valid], weights=diff, minlength=self.n * g1).reshape(self.n, g1)[:, 1:]
+            # |level - mean of the ROI neighbours|; a voxel without ROI neighbours adds 0 (its "mean" is itself)
+            mean = lv.astype(np.float64)
+            np.divide(nsum, ncnt, out=mean, where=ncnt > 0)
+            mean -= lvi
+            np.abs(mean, out=mean)
+            s = np.bincount(cl, weights=mean, minlength=self.n * g1).reshape(self.n, g1)[:, 1:]
             self.ngtdm_s = s
         if "glrlm" in want:
-            self._finish_runs(lat, run_codes, run_lengths, runs_total, pairs_unit, g1)
+            self._finish_runs(lat, run_ends, run_lengths, runs_total, pairs_unit, g1)
         if "glszm" in want:
             self._zones(lat, lvi)
 
     # -- GLRLM
-    def _runs(self, u: int, cl: np.ndarray, src: np.ndarray, dst: np.ndarray, same_f: np.ndarray,
-              same_b: np.ndarray, run_codes: list, run_lengths: list, runs_total: np.ndarray,
-              nvox: np.ndarray, g1: int) -> None:
-        """Runs along unit direction ``u``: all run counts per (crop, level), and lengths of the longer ones."""
-        same_pairs = np.bincount(cl[src], minlength=self.n * g1).reshape(self.n, g1)[:, 1:]
-        runs_total[:, u] = nvox - same_pairs  # every voxel starts a run unless its backward neighbour continues it
-        nxt = np.full(cl.size, -1, dtype=dst.dtype)
-        nxt[src] = dst
-        cur = np.flatnonzero(same_f & ~same_b)  # starts of runs of length >= 2
-        codes = cl[cur] * len(self.offs_unit) + u
-        length = 1
-        while cur.size:
-            cur = nxt[cur]
+    def _follow(self, lat: VoxelLattice, first: np.ndarray, step: int, u: int, run_ends: list,
+                run_lengths: list) -> None:
+        """Runs along ``step`` starting at ROI voxels ``first`` (all >= 2 voxels long): end positions, lengths."""
+        level = lat.levels[first]
+        ahead = lat.shifted(step)
+        pos = lat.index[first] + step  # second voxel of each run
+        length = 2
+        while pos.size:
+            keep = ahead[pos] == level
+            n_keep = int(np.count_nonzero(keep))
+            if n_keep < pos.size:
+                done = ~keep
+                run_ends.append((u, pos[done]))
+                run_lengths.append(length)
+                pos, level = pos[keep], level[keep]
+            pos += step
             length += 1
-            done = nxt[cur] < 0
-            if done.any():
-                run_codes.append(codes[done])
-                run_lengths.append(np.full(int(done.sum()), length, dtype=np.intp))
-                keep = ~done
-                cur, codes = cur[keep], codes[keep]
 
-    def _finish_runs(self, lat: VoxelLattice, run_codes: list, run_lengths: list, runs_total: np.ndarray,
+    def _finish_runs(self, lat: VoxelLattice, run_ends: list, run_lengths: list, runs_total: np.ndarray,
                      pairs_unit: np.ndarray, g1: int) -> None:
         n_unit = len(self.offs_unit)
         g = self.g
-        codes = np.concatenate(run_codes) if run_codes else np.zeros(0, np.intp)
-        lengths = np.concatenate(run_lengths) if run_lengths else np.zeros(0, np.intp)
-        r_max = int(lengths.max()) if lengths.size else 1
-        # codes = (crop * g1 + level) * n_unit + u  ->  index (crop, u, level - 1, length - 1)
-        u = codes % n_unit
-        cl = codes // n_unit
-        crop, level = cl // g1, cl % g1
-        flat_code = ((crop * n_unit + u) * g + (level - 1)) * r_max + (lengths - 1)
-        mat = np.bincount(flat_code, minlength=self.n * n_unit * g * r_max).astype(np.float64)
-        mat = mat.reshape(self.n, n_unit, g, r_max)
+        r_max = max(run_lengths, default=1)
+        if run_ends:
+            ends = np.concatenate([e for _, e in run_ends])
+            sizes = [len(e) for _, e in run_ends]
+            # code of (direction, length) per recorded group, then (crop, level) per run from its end voxel
+            group = np.repeat([a * r_max + (n - 1) for (a, _), n in zip(run_ends, run_lengths, strict=True)], sizes)
+            crop = ends // int(np.prod(lat.shape[1:]))
+            flat_code = (crop * g + lat.flat[ends] - 1) * (n_unit * r_max) + group
+        else:
+            flat_code = np.zeros(0, np.intp)
+        mat = np.bincount(flat_code, minlength=self.n * g * n_unit * r_max).astype(np.float64)
+        mat = mat.reshape(self.n, g, n_unit, r_max).transpose(0, 2, 1, 3).copy()
         mat[..., 0] = runs_total - mat.sum(-1)  # the remaining runs have length 1
         # pyradiomics drops a direction in which no line holds two ROI voxels (the ROI is flat across it)
-        empty = pairs_unit == 0
-        for k, a in zip(*np.nonzero(empty), strict=True):
+        for k, a in zip(*np.nonzero(~pairs_unit), strict=True):
             if not _line_has_two(lat.coords(int(k)), self.offs_unit[a]):
                 mat[k, a] = 0
         self.glrlm = mat
 
     # -- GLSZM
     def _zones(self, lat: VoxelLattice, lvi: np.ndarray) -> None:
+        """26-connected (8 in 2D) same-level zones of every crop: their crop, level and size."""
         n_vox = lvi.size
-        parent = np.arange(n_vox, dtype=self.link_dst[0].dtype if self.link_dst else np.int32)
-        src = np.concatenate(self.link_src).astype(parent.dtype) if self.link_src else parent[:0]
-        dst = np.concatenate(self.link_dst) if self.link_dst else parent[:0]
+        dtype = np.int32 if n_vox < 2**31 else np.int64
+        parent = np.arange(n_vox, dtype=dtype)
+        src = np.concatenate(self.link_src).astype(dtype) if self.link_src else parent[:0]
+        dst = np.concatenate(self.link_dst).astype(dtype) if self.link_dst else parent[:0]
         parent = _components(parent, src, dst)
         roots = np.flatnonzero(parent == np.arange(n_vox))
         sizes = np.bincount(parent, minlength=n_vox)[roots]
@@ -318,31 +353,30 @@ def _line_has_two(coords: np.ndarray, offset: np.ndarray) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- features
-def _glcm_features(P: np.ndarray, present: np.ndarray, ng: np.ndarray) -> dict[str, np.ndarray]:
+def _glcm_features(P: np.ndarray, present: np.ndarray, ng: np.ndarray, symmetric: bool) -> dict[str, np.ndarray]:
     """GLCM features per matrix of ``P`` (N, A, G, G), averaged over the angles that have pairs."""
     n, a, g, _ = P.shape
     m = n * a
-    P = P.reshape(m, g, g)
-    sums = P.sum((1, 2))
+    p = P.reshape(m, g, g)
+    sums = p.sum((1, 2))
     valid = sums > 0
-    p = P / np.where(valid, sums, 1)[:, None, None]
+    p /= np.where(valid, sums, 1)[:, None, None]
     ivec = np.arange(1, g + 1, dtype=np.float64)
     px = p.sum(2)
-    py = p.sum(1)
+    py = px if symmetric else p.sum(1)
     ux = px @ ivec
-    uy = py @ ivec
+    uy = ux if symmetric else py @ ivec
     pj = p @ ivec  # sum_j p(i, j) j
     ngm = np.repeat(ng.astype(np.float64), a)
 
-    # p_{x+y}(k), k = 2..2G and p_{x-y}(k), k = 0..G-1 from the flattened matrices
+    # p_{x+y}(k), k = 2..2G and p_{x-y}(k), k = 0..G-1: one matrix product with a 0/1 "which k" table
     ii, jj = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
-    ksum = (ii + jj).ravel()
-    kdiff = np.abs(ii - jj).ravel()
-    order_sum = np.argsort(ksum, kind="stable")
-    order_diff = np.argsort(kdiff, kind="stable")
+    table = np.zeros((g * g, 3 * g - 1))
+    table[np.arange(g * g), (ii + jj).ravel()] = 1
+    table[np.arange(g * g), 2 * g - 1 + np.abs(ii - jj).ravel()] = 1
     pf = p.reshape(m, g * g)
-    psum = np.add.reduceat(pf[:, order_sum], np.searchsorted(ksum[order_sum], np.arange(2 * g - 1)), axis=1)
-    pdiff = np.add.reduceat(pf[:, order_diff], np.searchsorted(kdiff[order_diff], np.arange(g)), axis=1)
+    marginals = pf @ table
+    psum, pdiff = marginals[:, : 2 * g - 1], marginals[:, 2 * g - 1:]
     kv_sum = np.arange(2, 2 * g + 1, dtype=np.float64)
     kv_diff = np.arange(g, dtype=np.float64)
 
@@ -354,56 +388,74 @@ def _glcm_features(P: np.ndarray, present: np.ndarray, ng: np.ndarray) -> dict[s
     f["ClusterProminence"] = (psum * c2 * c2).sum(1)
     f["ClusterShade"] = (psum * c2 * centred).sum(1)
     f["ClusterTendency"] = (psum * c2).sum(1)
-    f["Contrast"] = (pdiff * kv_diff**2).sum(1)
+    f["Contrast"] = pdiff @ kv_diff**2
     dx = ivec[None, :] - ux[:, None]
     dy = ivec[None, :] - uy[:, None]
-    sigx = np.sqrt((px * dx * dx).sum(1))
-    sigy = np.sqrt((py * dy * dy).sum(1))
+    varx = (px * dx * dx).sum(1)
+    sig = np.sqrt(varx) * (np.sqrt(varx) if symmetric else np.sqrt((py * dy * dy).sum(1)))
     corm = (dx * (pj - uy[:, None] * px)).sum(1)
-    sig = sigx * sigy
     f["Correlation"] = np.where(sig == 0, 1.0, corm / (sig + EPS))
-    da = (pdiff * kv_diff).sum(1)
+    da = pdiff @ kv_diff
     f["DifferenceAverage"] = da
     f["DifferenceEntropy"] = -(pdiff * np.log2(pdiff + EPS)).sum(1)
     f["DifferenceVariance"] = (pdiff * (kv_diff[None, :] - da[:, None]) ** 2).sum(1)
     f["JointEnergy"] = np.einsum("ij,ij->i", pf, pf)
-    hxy = -np.einsum("ij,ij->i", pf, np.log2(pf + EPS))
+    work = np.add(p, EPS)  # two (M, G, G) scratch arrays, reused for every elementwise log / root below
+    np.log2(work, out=work)
+    hxy = -np.einsum("mij,mij->m", p, work)
     f["JointEntropy"] = hxy
     hx = -(px * np.log2(px + EPS)).sum(1)
-    hy = -(py * np.log2(py + EPS)).sum(1)
-    outer = px[:, :, None] * py[:, None, :]
-    log_outer = np.log2(outer + EPS)
+    hy = hx if symmetric else -(py * np.log2(py + EPS)).sum(1)
+    outer = np.multiply(px[:, :, None], py[:, None, :], out=work)
+    log_outer = np.add(outer, EPS)
+    np.log2(log_outer, out=log_outer)
     hxy1 = -np.einsum("mij,mij->m", p, log_outer)
     hxy2 = -np.einsum("mij,mij->m", outer, log_outer)
-    hmax = np.fmax(hx, hy)
-    f["Imc1"] = _safe_div(hxy - hxy1, hmax, 0.0)
+    f["Imc1"] = _safe_div(hxy - hxy1, np.fmax(hx, hy), 0.0)
     with np.errstate(invalid="ignore"):
         imc2 = np.sqrt(1 - np.exp(-2 * (hxy2 - hxy)))  # NaN when rounding makes HXY > HXY2, as pyradiomics
     f["Imc2"] = np.where(hxy2 == hxy, 0.0, imc2)
-    f["Idm"] = (pdiff / (1 + kv_diff**2)).sum(1)
-    f["MCC"] = _mcc(p, px, py, np.repeat(present.sum(1), a))
+    f["Idm"] = pdiff @ (1 / (1 + kv_diff**2))
+    b = np.add(outer, EPS, out=log_outer)
+    np.sqrt(b, out=b)
+    np.divide(p, b, out=b)  # B = D_x^-1/2 P D_y^-1/2
+    f["MCC"] = _mcc(b, present, a, symmetric)
     f["Idmn"] = (pdiff / (1 + kv_diff[None, :] ** 2 / ngm[:, None] ** 2)).sum(1)
-    f["Id"] = (pdiff / (1 + kv_diff)).sum(1)
+    f["Id"] = pdiff @ (1 / (1 + kv_diff))
     f["Idn"] = (pdiff / (1 + kv_diff[None, :] / ngm[:, None])).sum(1)
-    f["InverseVariance"] = (pdiff[:, 1:] / kv_diff[1:] ** 2).sum(1)
+    f["InverseVariance"] = pdiff[:, 1:] @ (1 / kv_diff[1:] ** 2)
     f["MaximumProbability"] = pf.max(1)
     f["SumEntropy"] = -(psum * np.log2(psum + EPS)).sum(1)
-    f["SumSquares"] = (px * dx * dx).sum(1)
-    f["SumAverage"] = (psum * kv_sum).sum(1)
+    f["SumSquares"] = varx
+    f["SumAverage"] = psum @ kv_sum
     return {k: _nanmean(np.where(valid, v, np.nan).reshape(n, a), 1) for k, v in f.items()}
 
 
-def _mcc(p: np.ndarray, px: np.ndarray, py: np.ndarray, n_present: np.ndarray) -> np.ndarray:
+def _mcc(b: np.ndarray, present: np.ndarray, n_angles: int, symmetric: bool) -> np.ndarray:
     """Maximal correlation coefficient: sqrt of the second largest eigenvalue of Q = D_x^-1 P D_y^-1 P^T.
 
-    Q is similar to the symmetric B B^T with B = D_x^-1/2 P D_y^-1/2, whose eigenvalues a symmetric solver
-    finds several times faster. An ROI with fewer than two gray levels gets 1, as in pyradiomics.
+    Q is similar to S = B B^T with B = D_x^-1/2 P D_y^-1/2 (``b``, (N * A, G, G)); a symmetric solver finds its
+    eigenvalues several times faster than a general one, and for a symmetric GLCM S = B^2, so the eigenvalues
+    of B itself suffice. Each crop's matrices are cut down to its present gray levels (the absent ones only add
+    zero eigenvalues), grouped by size. An ROI with fewer than two gray levels gets 1, as in pyradiomics.
     """
-    b = p / np.sqrt(px[:, :, None] * py[:, None, :] + EPS)
-    s = b @ b.transpose(0, 2, 1)
-    ev = np.linalg.eigvalsh(s)
-    out = np.sqrt(np.clip(ev[:, -2], 0, None)) if p.shape[1] >= 2 else np.ones(p.shape[0])
-    return np.where(n_present < 2, 1.0, out)
+    out = np.ones(b.shape[0])
+    n_present = present.sum(1)
+    angle = np.arange(n_angles)
+    for size in np.unique(n_present):
+        if size < 2:
+            continue
+        crops = np.flatnonzero(n_present == size)
+        levels = np.nonzero(present[crops])[1].reshape(len(crops), size)
+        rows = (crops[:, None] * n_angles + angle[None, :]).ravel()
+        lv = np.repeat(levels, n_angles, axis=0)
+        sub = b[rows[:, None, None], lv[:, :, None], lv[:, None, :]]
+        if symmetric:
+            ev = np.sort(np.linalg.eigvalsh(sub) ** 2, axis=1)
+        else:
+            ev = np.linalg.eigvalsh(sub @ sub.transpose(0, 2, 1))
+        out[rows] = np.sqrt(np.clip(ev[:, -2], 0, None))
+    return out
 
 
 def _matrix_features(P: np.ndarray, n_norm: np.ndarray, names: dict[str, str]) -> dict[str, np.ndarray]:
@@ -527,16 +579,14 @@ def texture_batch(lat: VoxelLattice, settings: RadiomicsSettings, classes: Itera
     m = _Matrices(lat, settings, want)
     spacing_zyx = np.asarray(spacing_xyz, dtype=np.float64)[::-1]
     norm = settings.weightingNorm
-    ng = np.array([int(np.flatnonzero(row).max()) + 1 for row in m.present])
+    ng = m.g - np.argmax(m.present[:, ::-1], axis=1)  # largest gray level present in each crop
     out: dict[str, dict[str, np.ndarray]] = {}
     if "glcm" in want:
         P = m.glcm
-        if settings.symmetricalGLCM:
-            P = P + P.transpose(0, 1, 3, 2)
         if norm is not None:
             w = _angle_weights(m.offs_all, norm, spacing_zyx, glcm=True)
             P = np.einsum("nagh,a->ngh", P, w)[:, None]
-        out["glcm"] = _glcm_features(P, m.present, ng)
+        out["glcm"] = _glcm_features(P, m.present, ng, settings.symmetricalGLCM)
     if "glrlm" in want:
         R = m.glrlm
         if norm is not None:

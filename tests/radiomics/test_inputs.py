@@ -8,7 +8,7 @@ import pytest
 from napari_medgen.core.volume import LabelMap, Volume
 from napari_medgen.errors import ConfigError, GeometryMismatchError, InvalidInputError, MedGenError
 from napari_medgen.radiomics import RadiomicsSettings, extract_features, extract_features_batch
-from napari_medgen.radiomics.preprocess import bin_edges, discretize
+from napari_medgen.radiomics.preprocess import bin_edges, discretize, discretize_values
 
 
 def _pair(mask: np.ndarray, image: np.ndarray | None = None) -> tuple[Volume, LabelMap]:
@@ -86,3 +86,20 @@ def test_inputs_not_mutated_and_batch_shape_errors() -> None:
         extract_features_batch(np.zeros((2, 4, 4, 4)), np.zeros((2, 4, 4)))
     with pytest.raises(InvalidInputError, match="Unknown radiomics feature class"):
         extract_features(image, labels, feature_classes=["wavelet"])
+
+
+@pytest.mark.parametrize("settings", [RadiomicsSettings(binWidth=0.1), RadiomicsSettings(binWidth=25),
+                                      RadiomicsSettings(binWidth=0.3), RadiomicsSettings(binCount=7)])
+def test_batched_discretisation_equals_per_crop_digitize(settings: RadiomicsSettings) -> None:
+    """Values sitting exactly on bin edges (where float rounding bites) land where np.digitize puts them."""
+    rng = np.random.default_rng(5)
+    counts = rng.integers(1, 40, size=25)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    width = settings.binWidth if settings.binCount is None else 1.0
+    values = rng.integers(-30, 30, size=starts[-1]) * float(width)  # on the edges
+    values[::3] += rng.normal(0, 0.01, size=values[::3].shape)
+    got = discretize_values(values, starts, settings)
+    ref = np.concatenate([np.digitize(values[a:b], bin_edges(values[a:b], settings))
+                          for a, b in zip(starts[:-1], starts[1:], strict=True)])
+    assert np.array_equal(got, ref)
+    assert got.min() >= 1
