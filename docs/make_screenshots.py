@@ -77,9 +77,29 @@ def radiomics_widget_screenshot(out: Path, data_dir: Path) -> Path:
     return _save_shot(viewer, labels, out, (1500, 950))
 
 
+def tumour_shape_widget_screenshot(out: Path, data_dir: Path) -> Path:
+    """The "Tumour shape" widget after generating an 8 cm3 tumour at a point of the MNI152 brain."""
+    import napari
+
+    from napari_medgen.demo import DEMO_SHAPE_CENTER_MM
+    from napari_medgen.widgets.tumour_shape import TumourShapeWidget
+
+    viewer = napari.Viewer(show=True, title="napari-medgen: tumour shape from radiomics features")
+    [brain] = viewer.open_sample("napari-medgen", "mni152")
+    points = viewer.add_points([DEMO_SHAPE_CENTER_MM[::-1]], name="tumour location", size=4, face_color="red")
+    widget = TumourShapeWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Tumour shape", area="right")
+    widget._controls["VoxelVolume"][1].value = 8000.0
+    widget._controls["Sphericity"][1].value = 0.75
+    widget._add_layer(widget.generate())
+    viewer.layers.selection = {points}
+    return _save_shot(viewer, widget.last_layer, out, (1500, 950))
+
+
 SCREENSHOTS = {
     "napari_reader.png": reader_screenshot,
     "radiomics_widget.png": radiomics_widget_screenshot,
+    "tumour_shape_widget.png": tumour_shape_widget_screenshot,
 }
 
 

@@ -14,9 +14,9 @@ stack whose pooled features are scored by ``linear(h) + <embed(features), h>``.
 
 `shape_statistics` gives differentiable proxies of radiomics shape features of soft masks (log volume,
 a surface-area based sphericity, and rotation-invariant second-moment ratios); the training task uses
-them for the optional radiomics-consistency loss. `upsample_probabilities` turns a base-resolution
-probability map into a smooth one on a finer grid (trilinear on the logits + a light Gaussian smoothing),
-which keeps masks smooth at 64^3 / 128^3 without a trained upsampler.
+them (on softly thresholded masks) for the optional radiomics-consistency loss. `upsample_probabilities`
+turns a base-resolution probability map into a smooth one on a finer grid (trilinear on the logits + a
+light Gaussian smoothing), which keeps masks smooth at 64^3 / 128^3 without a trained upsampler.
 """
 
 from __future__ import annotations
@@ -235,31 +235,41 @@ def shape_statistics(probs: torch.Tensor, voxel_mm: float) -> torch.Tensor:
     return torch.stack([torch.log(volume), sphericity, ratio2, ratio3], dim=1)
 
 
-def upsample_probabilities(probs: torch.Tensor, size: int | Sequence[int], smooth_sigma: float = 0.5) -> torch.Tensor:
-    """Base-resolution probabilities (B, C, S, S, S) -> smooth probabilities on a finer ``size`` grid.
+def smooth_logits(probs: torch.Tensor, sigma: float = 0.5) -> torch.Tensor:
+    """Logits of (B, C, S, S, S) probabilities, Gaussian-smoothed (sigma in voxels) to remove voxel kinks.
 
-    Interpolating logits (not probabilities) keeps the 0.5 iso-surface where the coarse model put it;
-    a small Gaussian (sigma in *base* voxels) removes the trilinear kinks so thresholded masks stay smooth.
+    Interpolating logits (not probabilities) keeps the 0.5 iso-surface where the model put it.
     """
     logits = torch.logit(probs.clamp(1e-4, 1 - 1e-4))
-    if smooth_sigma > 0:
-        radius = max(1, int(math.ceil(2.5 * smooth_sigma)))
-        t = torch.arange(-radius, radius + 1, dtype=probs.dtype, device=probs.device)
-        kernel = torch.exp(-0.5 * (t / smooth_sigma) ** 2)
-        kernel = kernel / kernel.sum()
-        c = logits.shape[1]
-        for dim in range(3):
-            shape = [1, 1, 1, 1, 1]
-            shape[2 + dim] = kernel.numel()
-            weight = kernel.view(shape).repeat(c, 1, 1, 1, 1)
-            pad = [0, 0, 0, 0, 0, 0]
-            pad[2 * (2 - dim)] = pad[2 * (2 - dim) + 1] = radius
-            logits = F.conv3d(F.pad(logits, pad, mode="replicate"), weight, groups=c)
-    target = (size, size, size) if isinstance(size, int) else tuple(int(s) for s in size)
-    up = F.interpolate(logits, size=target, mode="trilinear", align_corners=False)
-    probs_up = torch.sigmoid(up)
-    # re-impose nesting after interpolation (inner channels never leave the outer one)
-    out = [probs_up[:, -1]]
-    for ch in range(probs_up.shape[1] - 2, -1, -1):
-        out.insert(0, torch.minimum(probs_up[:, ch], out[0]))
+    if sigma <= 0:
+        return logits
+    radius = max(1, int(math.ceil(2.5 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=probs.dtype, device=probs.device)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    c = logits.shape[1]
+    for dim in range(3):
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + dim] = kernel.numel()
+        weight = kernel.view(shape).repeat(c, 1, 1, 1, 1)
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - dim)] = pad[2 * (2 - dim) + 1] = radius
+        logits = F.conv3d(F.pad(logits, pad, mode="replicate"), weight, groups=c)
+    return logits
+
+
+def nest(probs: torch.Tensor) -> torch.Tensor:
+    """Re-impose nesting after interpolation: inner channels never leave the next outer one."""
+    out = [probs[:, -1]]
+    for ch in range(probs.shape[1] - 2, -1, -1):
+        out.insert(0, torch.minimum(probs[:, ch], out[0]))
     return torch.stack(out, dim=1)
+
+
+def upsample_probabilities(probs: torch.Tensor, size: int | Sequence[int], smooth_sigma: float = 0.5) -> torch.Tensor:
+    """Base-resolution probabilities (B, C, S, S, S) -> smooth probabilities on a finer ``size`` grid
+    (the same field of view): trilinear interpolation of smoothed logits, so thresholded masks stay smooth
+    at 64^3 / 128^3 without a trained upsampler."""
+    target = (size, size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    up = F.interpolate(smooth_logits(probs, smooth_sigma), size=target, mode="trilinear", align_corners=False)
+    return nest(torch.sigmoid(up))

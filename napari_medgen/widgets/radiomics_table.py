@@ -41,6 +41,9 @@ class RadiomicsTableWidget(Container):
         self.extend([self._image, self._labels, self._label_value, self._params, self._compute,
                      self._status, self.table, self._export_path, self._export])
         self.worker: Any = None
+        self.table.native.verticalHeader().setVisible(False)
+        self.table.native.horizontalHeader().setStretchLastSection(True)
+        self.native.setMinimumWidth(620)
 
     # ---- computation ---------------------------------------------------------------------------------
     def _inputs(self):  # noqa: ANN202 - returns (Volume, LabelMap, int, RadiomicsParams)
@@ -90,11 +93,12 @@ class RadiomicsTableWidget(Container):
 
         self.features = dict(features)
         rows = [
-            [cls, feature, value, unit]
+            [cls, feature, f"{value:.6g}", unit]
             for cls, items in group_by_class(features).items()
             for feature, value, unit in items
         ]
         self.table.value = {"data": rows, "index": list(range(len(rows))), "columns": list(_COLUMNS)}
+        self.table.native.resizeColumnsToContents()
         self._export.enabled = True
         self._status.value = f"{len(rows)} features of label {int(self._label_value.value)}"
 

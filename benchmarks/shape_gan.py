@@ -1,0 +1,205 @@
+"""How well does the shape generator meet requested shape features? (issue 4 acceptance check)
+
+    python benchmarks/shape_gan.py [--model shape-gan-lesion] [--out benchmarks/results/shape_gan.json]
+
+1. A grid of requests (volume x sphericity, volume x elongation, volume x flatness, maximum diameter alone)
+   is generated with `generate_shape` at 1 mm and re-measured with our radiomics engine; Pearson and
+   Spearman correlation between requested and measured values per feature, and the median relative
+   volume error (with the default volume matching and, for honesty, of the raw model output).
+2. Requests drawn from an unseen real tumour: the held-out KiTS19 case (not in the training bank) is
+   augmented exactly like the training data (rotation, scale, deformation) and the features of each
+   variant are requested (volume, sphericity, elongation, flatness, maximum diameter together).
+3. Diversity: mean pairwise Dice between masks of different seeds at equal requested features
+   (masks are centred on their centroids, so this measures shape, not position, differences).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from napari_medgen.errors import MedGenError  # noqa: E402
+from napari_medgen.pipelines.shape_generation import generate_shape  # noqa: E402
+from napari_medgen.training.tasks.shape_gan import (  # noqa: E402
+    ShapeGanDataConfig,
+    _augment,
+    _read_tumours,
+    shape_features_of,
+)
+
+FEATURES = ("VoxelVolume", "MeshVolume", "Sphericity", "Elongation", "Flatness", "Maximum3DDiameter")
+VOLUMES = (1000.0, 2500.0, 5000.0, 10000.0, 20000.0)
+
+
+def grid_requests() -> list[dict[str, float]]:
+    requests: list[dict[str, float]] = []
+    for volume in VOLUMES:
+        requests += [{"VoxelVolume": volume, "Sphericity": s} for s in (0.55, 0.62, 0.69, 0.76)]
+        requests += [{"VoxelVolume": volume, "Elongation": e} for e in (0.4, 0.55, 0.7, 0.85)]
+        requests += [{"VoxelVolume": volume, "Flatness": f} for f in (0.3, 0.42, 0.54, 0.66)]
+    requests += [{"Maximum3DDiameter": d} for d in (16.0, 22.0, 28.0, 34.0, 40.0, 46.0, 52.0)]
+    requests += [{"MeshVolume": v} for v in (1500.0, 4000.0, 8000.0, 15000.0)]
+    return requests
+
+
+def heldout_requests(data_root: Path, count: int) -> list[dict[str, float]]:
+    """Features of augmented variants of the held-out KiTS19 tumour (never in the training bank)."""
+    data = ShapeGanDataConfig(
+        sources=[{"glob": str(data_root / "kits19_labels_only" / "case_00004_segmentation.nii.gz"), "labels": [2]}],
+        max_components_per_file=1, min_volume_mm3=150.0,
+    )
+    tumour = _read_tumours(data, [(data.sources[0]["glob"], [2])])[0]
+    rng = np.random.default_rng(2024)
+    out: list[dict[str, float]] = []
+    while len(out) < count:
+        sample = _augment(tumour, data, rng)
+        if sample is None:
+            continue
+        feats = shape_features_of(sample[-1], (1.0, 1.0, 1.0))
+        out.append({k: float(feats[k]) for k in ("VoxelVolume", "Sphericity", "Elongation", "Flatness",
+                                                   "Maximum3DDiameter")})
+    return out
+
+
+def measure(request: dict[str, float], model: str, seed: int) -> dict[str, float] | None:
+    """Measured features of the generated mask; None when the model failed (an empty mask), which is counted."""
+    try:
+        labels = generate_shape(request, seed=seed, model=model)
+    except MedGenError:
+        return None
+    feats = shape_features_of(labels.array > 0, labels.spacing)
+    out = {k: float(feats[k]) for k in FEATURES}
+    out["raw_model_volume"] = float(labels.metadata["model_volume_mm3"])
+    return out
+
+
+def correlations(rows: list[tuple[dict[str, float], dict[str, float]]]) -> dict[str, dict[str, float]]:
+    table: dict[str, dict[str, float]] = {}
+    for name in FEATURES:
+        pairs = [(req[name], got[name]) for req, got in rows if name in req]
+        if len(pairs) < 3:
+            continue
+        a, b = np.asarray(pairs).T
+        table[name] = {
+            "n": len(pairs),
+            "pearson": float(stats.pearsonr(a, b)[0]),
+            "spearman": float(stats.spearmanr(a, b)[0]),
+            "median_rel_error": float(np.median(np.abs(b - a) / np.abs(a))),
+        }
+    return table
+
+
+def volume_errors(rows: list[tuple[dict[str, float], dict[str, float]]]) -> dict[str, float]:
+    matched, raw = [], []
+    for req, got in rows:
+        target = req.get("VoxelVolume", req.get("MeshVolume"))
+        if target is None:
+            continue
+        key = "VoxelVolume" if "VoxelVolume" in req else "MeshVolume"
+        matched.append(abs(got[key] - target) / target)
+        raw.append(abs(got["raw_model_volume"] - target) / target)
+    return {"median_rel_volume_error": float(np.median(matched)),
+            "median_rel_volume_error_raw_model": float(np.median(raw)), "n": len(matched)}
+
+
+def _centred_pad(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    shape = np.max([a.shape for a in arrays], axis=0)
+    out = []
+    for a in arrays:
+        pad = [((s - n) // 2, s - n - (s - n) // 2) for s, n in zip(shape, a.shape, strict=True)]
+        out.append(np.pad(a, pad))
+    return out
+
+
+def diversity(model: str, seeds: int) -> dict[str, float]:
+    scores = []
+    for request in ({"VoxelVolume": 3000.0}, {"VoxelVolume": 8000.0, "Sphericity": 0.7},
+                    {"VoxelVolume": 15000.0, "Elongation": 0.6}, {"VoxelVolume": 5000.0, "Flatness": 0.45}):
+        made = []
+        for s in range(seeds):
+            try:
+                made.append(generate_shape(request, seed=s, model=model).array > 0)
+            except MedGenError:
+                continue
+        masks = _centred_pad(made) if made else []
+        for a, b in combinations(masks, 2):
+            scores.append(2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
+    if not scores:
+        return {"mean_pairwise_dice": float("nan"), "max_pairwise_dice": float("nan"), "pairs": 0}
+    return {"mean_pairwise_dice": float(np.mean(scores)), "max_pairwise_dice": float(np.max(scores)),
+            "pairs": len(scores)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="shape-gan-lesion")
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--heldout", type=int, default=24, help="requests drawn from the held-out tumour")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per request for the diversity check")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shape_gan.json"))
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    grid = grid_requests()
+    grid_all = [(req, measure(req, args.model, seed=i)) for i, req in enumerate(grid)]
+    t_grid = time.perf_counter() - start
+    grid_rows = [(req, got) for req, got in grid_all if got is not None]
+    data_root = Path(args.data)
+    held_rows: list = []
+    held_failed = 0
+    if (data_root / "kits19_labels_only").is_dir():
+        held_all = [(req, measure(req, args.model, seed=i))
+                    for i, req in enumerate(heldout_requests(data_root, args.heldout))]
+        held_rows = [(req, got) for req, got in held_all if got is not None]
+        held_failed = len(held_all) - len(held_rows)
+    div = diversity(args.model, args.seeds)
+    result = {
+        "model": args.model,
+        "machine": f"{platform.machine()}, {platform.python_version()}",
+        "masks_generated": len(grid_all) + len(held_rows) + held_failed + 4 * args.seeds,
+        "seconds_per_mask_grid": t_grid / len(grid_all),
+        "grid": {"requests": len(grid_all), "failed (empty mask)": len(grid_all) - len(grid_rows),
+                 "features": correlations(grid_rows), **volume_errors(grid_rows)},
+        "heldout_kits19_case_00004": (
+            {"requests": len(held_rows) + held_failed, "failed (empty mask)": held_failed,
+             "features": correlations(held_rows), **volume_errors(held_rows)}
+            if held_rows else None
+        ),
+        "diversity": div,
+        "targets": {"pearson": 0.93, "spearman": 0.94, "median_rel_volume_error": 0.10, "mean_pairwise_dice": 0.8},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out)
+
+    for title, block in (("grid", result["grid"]), ("held-out KiTS19 tumour", result["heldout_kits19_case_00004"])):
+        if not block:
+            continue
+        print(f"\n{title}: {block['requests']} requests ({block['failed (empty mask)']} failed: empty mask)")
+        print(f"{'feature':<20} {'n':>4} {'pearson':>8} {'spearman':>9} {'med.rel.err':>12}")
+        for name, row in block["features"].items():
+            print(f"{name:<20} {row['n']:>4} {row['pearson']:>8.3f} {row['spearman']:>9.3f} "
+                  f"{row['median_rel_error']:>12.3f}")
+        print(f"median relative volume error: {block['median_rel_volume_error']:.3f} "
+              f"(raw model, before volume matching: {block['median_rel_volume_error_raw_model']:.3f})")
+    print(f"\ndiversity: mean pairwise Dice {div['mean_pairwise_dice']:.3f} over {div['pairs']} pairs "
+          f"(max {div['max_pairwise_dice']:.3f}); {result['seconds_per_mask_grid']:.2f} s per mask")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,387 @@
+"""Tumour masks from a few intuitive shape features: ``generate_shape`` and ``place_shape``.
+
+A user asks for "about 8 cm3, fairly round" -- a couple of pyradiomics shape features by name
+(`USER_FEATURES`: ``VoxelVolume``/``MeshVolume`` in mm3, ``Sphericity``, ``Elongation``, ``Flatness`` in
+(0, 1], ``Maximum3DDiameter`` in mm; the other conditioning features of the model are accepted too).
+Everything the model needs beyond that is filled from the training feature bank **conditional on the
+given values**: the bank's normalised features (log1p + z-score, see `FeatureNormalizer`) are modelled
+as one multivariate Gaussian stored with the weights, and missing features take their conditional
+mean given the known ones (``mu_u + S_uk S_kk^-1 (x_k - mu_k)``). So asking only for a large volume
+also gets a matching surface area and diameters, and the seed changes only the GAN's noise.
+
+The generator works on a fixed physical field of view (e.g. 32^3 voxels of 2 mm). Its probabilities
+are smoothed in logit space and sampled trilinearly on the requested output grid (any, also
+anisotropic, spacing) and thresholded at 0.5, so masks stay smooth at every spacing. With
+``match_volume`` (default) the generated shape is then scaled isotropically about its centre so that
+its volume equals the requested one (a similarity transform: sphericity, elongation and flatness are
+unchanged); the model's own volume error is reported in the metadata. Post-processing keeps the
+largest connected component (unless ``allow_multiple``) and fills internal holes.
+
+The returned `LabelMap` has an odd number of voxels per axis with its centre voxel at physical
+(0, 0, 0) and identity direction; `place_shape` moves it to a point of a reference image.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_medgen.core.volume import LabelMap, Volume
+from napari_medgen.errors import CheckpointError, InvalidInputError, MedGenError
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_MODEL = "shape-gan-lesion"
+MODEL_TYPE = "shape-gan"
+
+#: features users set by hand (slider / ``--set Name=value``), with units
+USER_FEATURES: dict[str, str] = {
+    "VoxelVolume": "mm3",
+    "MeshVolume": "mm3",
+    "Sphericity": "",
+    "Elongation": "",
+    "Flatness": "",
+    "Maximum3DDiameter": "mm",
+}
+_RATIOS = ("Sphericity", "Elongation", "Flatness")
+_POSITIVE = ("VoxelVolume", "MeshVolume", "SurfaceArea", "SurfaceVolumeRatio", "Maximum3DDiameter",
+             "MajorAxisLength", "MinorAxisLength", "LeastAxisLength")
+
+#: named requests for quick use (values in real units; any can be overridden by ``features``)
+PRESETS: dict[str, dict[str, float]] = {
+    "small-round": {"VoxelVolume": 1500.0, "Sphericity": 0.78},
+    "medium": {"VoxelVolume": 8000.0},
+    "medium-round": {"VoxelVolume": 8000.0, "Sphericity": 0.78},
+    "medium-irregular": {"VoxelVolume": 8000.0, "Sphericity": 0.55},
+    "elongated": {"VoxelVolume": 8000.0, "Elongation": 0.45},
+    "large": {"VoxelVolume": 25000.0},
+}
+
+
+@dataclass(frozen=True)
+class ShapeControl:
+    """One user control: a feature name (pyradiomics), its unit, slider range and default (from the bank)."""
+
+    name: str
+    unit: str
+    min: float
+    max: float
+    default: float
+
+
+# ---- model access -----------------------------------------------------------------------------------
+_CACHE: dict[str, Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _load(model: str | Path) -> Any:
+    """The generator (eval mode, CPU) of a bundled name or folder, cached per folder and file time."""
+    from napari_medgen.hub import from_pretrained, resolve_checkpoint
+
+    folder = resolve_checkpoint(model)
+    weights = folder / "model.safetensors"
+    key = f"{folder.resolve()}:{weights.stat().st_mtime_ns if weights.exists() else 0}"
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            net = from_pretrained(folder, expected_type=MODEL_TYPE)
+            needed = ("normalizer", "regions", "base_spacing_mm", "feature_gaussian", "field_of_view_mm")
+            missing = [k for k in needed if k not in net.hub_extra]
+            if missing:
+                raise CheckpointError(
+                    f"{folder} is a shape-gan checkpoint without the statistics {missing} in config.json (extra); "
+                    "export it with `medgen train shape-gan`, which writes them."
+                )
+            _CACHE.clear()
+            _CACHE[key] = net
+        return _CACHE[key]
+
+
+def shape_controls(model: str | Path = DEFAULT_MODEL) -> tuple[ShapeControl, ...]:
+    """Slider descriptions (1st-99th percentile of the training bank, median as default) of a model."""
+    from napari_medgen.hub import read_checkpoint_config
+
+    extra = read_checkpoint_config(model).get("extra", {})
+    controls = extra.get("controls")
+    if not isinstance(controls, Mapping):
+        raise CheckpointError(f"{model} has no shape controls in its config.json; it is not a shape-gan export.")
+    out = []
+    for name, unit in USER_FEATURES.items():
+        c = controls.get(name)
+        if c is not None:
+            out.append(ShapeControl(name, unit, float(c["min"]), float(c["max"]), float(c["default"])))
+    return tuple(out)
+
+
+def __getattr__(name: str) -> Any:
+    # SHAPE_CONTROLS is read from the bundled model's config.json on first access (no torch needed).
+    if name == "SHAPE_CONTROLS":
+        return shape_controls(DEFAULT_MODEL)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ---- request handling -------------------------------------------------------------------------------
+def _spacing(spacing: Sequence[float] | float) -> tuple[float, float, float]:
+    try:
+        arr = np.broadcast_to(np.asarray(spacing, dtype=float), (3,)).copy()
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError(f"spacing must be one number or three (x, y, z) in mm; got {spacing!r}.") from error
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise InvalidInputError(f"spacing must be positive finite millimetres; got {tuple(arr)}.")
+    return (float(arr[0]), float(arr[1]), float(arr[2]))
+
+
+def validate_request(
+    features: Mapping[str, float] | None, preset: str | None, known: Sequence[str], field_of_view_mm: float,
+    base_spacing_mm: float,
+) -> dict[str, float]:
+    """Merged preset + features in real units, checked; `InvalidInputError` says what is wrong."""
+    request: dict[str, float] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise InvalidInputError(f"Unknown preset {preset!r}; choose from {sorted(PRESETS)}.")
+        request.update(PRESETS[preset])
+    for raw_name, raw_value in dict(features or {}).items():
+        name = str(raw_name).removeprefix("original_shape_")
+        if name not in known:
+            raise InvalidInputError(
+                f"Unknown shape feature {raw_name!r}. Known features (pyradiomics names): {', '.join(known)}; "
+                f"the intuitive ones are {', '.join(USER_FEATURES)}."
+            )
+        try:
+            value = float(raw_value)
+        except (TypeError, ValueError) as error:
+            raise InvalidInputError(f"{name} must be a number; got {raw_value!r}.") from error
+        request[name] = value
+    fov = field_of_view_mm
+    max_volume = math.pi / 6.0 * (fov - 2 * base_spacing_mm) ** 3
+    for name, value in request.items():
+        if not math.isfinite(value):
+            raise InvalidInputError(f"{name} is {value}; give a finite number.")
+        if name in _RATIOS and not 0.0 < value <= 1.0:
+            raise InvalidInputError(f"{name} must lie in (0, 1] (1 = perfectly round/isotropic); got {value}.")
+        if name in _POSITIVE and value <= 0:
+            raise InvalidInputError(f"{name} must be > 0; got {value}.")
+        if name in ("VoxelVolume", "MeshVolume") and value > max_volume:
+            raise InvalidInputError(
+                f"{name} {value:.0f} mm3 is larger than this model's {fov:.0f} mm field of view can hold "
+                f"(at most ~{max_volume:.0f} mm3, a sphere of {fov - 2 * base_spacing_mm:.0f} mm). Ask for a smaller "
+                "tumour or train a model with a larger field of view (data.base_spacing_mm)."
+            )
+        if name in ("Maximum3DDiameter", "MajorAxisLength") and value > fov:
+            raise InvalidInputError(
+                f"{name} {value:.1f} mm exceeds this model's {fov:.0f} mm field of view; ask for a smaller tumour."
+            )
+    if "Elongation" in request and "Flatness" in request and request["Flatness"] > request["Elongation"] + 1e-9:
+        raise InvalidInputError(
+            f"Flatness ({request['Flatness']}) cannot exceed Elongation ({request['Elongation']}): flatness compares "
+            "the smallest axis and elongation the middle axis with the largest one."
+        )
+    return request
+
+
+def fill_features(request: Mapping[str, float], extra: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
+    """Normalised full conditioning vector for ``request`` (outer-region features) and its real-unit view.
+
+    Unknown entries take the conditional mean of the bank Gaussian given the known ones (clipped to +-4
+    standard deviations so that extreme requests stay inside what the model has seen).
+    """
+    from napari_medgen.radiomics.conditioning import FeatureNormalizer
+
+    normalizer = FeatureNormalizer.from_dict(extra["normalizer"])
+    outer = extra["regions"][-1]
+    names = list(normalizer.names)
+    mean = np.asarray(extra["feature_gaussian"]["mean"], dtype=np.float64)
+    cov = np.asarray(extra["feature_gaussian"]["cov"], dtype=np.float64)
+    known_idx: list[int] = []
+    known_val: list[float] = []
+    for name, value in request.items():
+        i = names.index(f"{outer}/original_shape_{name}")
+        raw = np.log1p(value) if normalizer.log[i] else value
+        known_idx.append(i)
+        known_val.append((raw - normalizer.mean[i]) / normalizer.std[i])
+    vector = mean.copy()
+    if known_idx:
+        k = np.asarray(known_idx)
+        u = np.setdiff1d(np.arange(len(names)), k)
+        xk = np.asarray(known_val)
+        if len(u):
+            gain = cov[np.ix_(u, k)] @ np.linalg.solve(cov[np.ix_(k, k)], xk - mean[k])
+            vector[u] = np.clip(mean[u] + gain, -4.0, 4.0)
+        vector[k] = xk
+    return vector, normalizer.inverse_dict(vector)
+
+
+# ---- generation -------------------------------------------------------------------------------------
+def _label_of(channels: np.ndarray) -> np.ndarray:
+    """Nested boolean channels (inner -> outer) -> one label map: channel c (minus inner ones) = label c+1."""
+    labels = np.zeros(channels.shape[1:], dtype=np.uint8)
+    for c in range(channels.shape[0] - 1, -1, -1):
+        labels[channels[c]] = c + 1
+    return labels
+
+
+def _postprocess(channels: np.ndarray, allow_multiple: bool) -> np.ndarray:
+    from scipy import ndimage
+
+    from napari_medgen.training.tasks.shape_gan import clean_mask
+
+    outer = channels[-1]
+    outer = ndimage.binary_fill_holes(outer) if allow_multiple else clean_mask(outer)
+    result = [ndimage.binary_fill_holes(channels[c] & outer) for c in range(channels.shape[0] - 1)]
+    return np.stack([*result, outer])
+
+
+_OUTSIDE = 20.0
+
+
+def _sample_on_grid(logits: torch.Tensor, points_zyx_mm: np.ndarray, base_spacing: float, scale: float) -> np.ndarray:
+    """Trilinear samples of base-grid logits (1, C, S, S, S) at physical points (..., 3) in z, y, x order."""
+    import torch
+    import torch.nn.functional as F
+
+    size = logits.shape[-1]
+    shape = points_zyx_mm.shape[:-1]
+    u = points_zyx_mm.reshape(-1, 3) / (scale * base_spacing) + (size - 1) / 2.0  # base voxel coordinates
+    g = torch.as_tensor(u / (size - 1) * 2.0 - 1.0, dtype=logits.dtype)[:, [2, 1, 0]]  # grid_sample: x, y, z
+    # outside the field of view is background: shift so that zero padding means a logit of -_OUTSIDE
+    out = F.grid_sample(logits + _OUTSIDE, g.view(1, 1, 1, -1, 3), mode="bilinear", padding_mode="zeros",
+                        align_corners=True) - _OUTSIDE
+    return out[0, :, 0, 0].reshape(logits.shape[1], *shape).numpy()
+
+
+def _axis_points(n: int, spacing: float) -> np.ndarray:
+    return (np.arange(n) - (n - 1) / 2.0) * spacing
+
+
+def generate_shape(
+    features: Mapping[str, float] | None = None,
+    *,
+    preset: str | None = None,
+    spacing: Sequence[float] | float = (1.0, 1.0, 1.0),
+    seed: int = 0,
+    model: str | Path = DEFAULT_MODEL,
+    crop_size_mm: float | None = None,
+    allow_multiple: bool = False,
+    match_volume: bool = True,
+) -> LabelMap:
+    """A tumour mask with the requested shape features, centred at physical (0, 0, 0).
+
+    ``features``: pyradiomics shape names -> values (mm3, mm, ratios); ``preset``: a name of `PRESETS`
+    (``features`` override it). ``spacing``: output voxel size (x, y, z) in mm. ``crop_size_mm``: edge of
+    the output box (default: the model's field of view, enlarged by the volume matching scale).
+    Same inputs and seed give the same mask. Labels: 1..C for the model's regions, inner first (metadata
+    ``label_names``).
+    """
+    import torch
+
+    from napari_medgen.models.shape_gan import ShapeGenerator, smooth_logits
+
+    spacing_xyz = _spacing(spacing)
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
+        raise InvalidInputError(f"seed must be an integer; got {seed!r}.")
+    net = _load(model)
+    extra = net.hub_extra
+    base_spacing = float(extra["base_spacing_mm"])
+    fov = float(extra["field_of_view_mm"])
+    known = list(extra.get("condition_features", USER_FEATURES))
+    request = validate_request(features, preset, known, fov, base_spacing)
+    if crop_size_mm is not None and (not math.isfinite(float(crop_size_mm)) or float(crop_size_mm) <= 0):
+        raise InvalidInputError(f"crop_size_mm must be a positive number of millimetres; got {crop_size_mm!r}.")
+    vector, filled = fill_features(request, extra)
+
+    generator = torch.Generator().manual_seed(int(seed) % (2**63))
+    with torch.no_grad():
+        cond = torch.as_tensor(vector, dtype=torch.float32)[None]
+        z = torch.randn(1, net.config["z_dim"], generator=generator)
+        probs = ShapeGenerator.probabilities(net(z, cond))
+        logits = smooth_logits(probs.double(), 0.5)
+
+    # volume of the model's own output, measured on a fine isotropic grid of the same field of view
+    hires = _axis_points(int(extra.get("hires_factor", 2)) * net.base_size, base_spacing / extra.get("hires_factor", 2))
+    fine = np.stack(np.meshgrid(hires, hires, hires, indexing="ij"), axis=-1)
+    fine_mask = _postprocess(_sample_on_grid(logits, fine, base_spacing, 1.0) >= 0.0, allow_multiple)
+    fine_voxel = float(hires[1] - hires[0]) ** 3
+    generated_volume = float(fine_mask[-1].sum()) * fine_voxel
+    if generated_volume <= 0:
+        raise MedGenError(
+            "The shape model produced an empty mask for this request; try another seed or less extreme features "
+            f"(requested {request})."
+        )
+    target_volume = request.get("VoxelVolume", request.get("MeshVolume"))
+    scale = 1.0
+    if match_volume and target_volume is not None:
+        scale = float(np.clip((target_volume / generated_volume) ** (1.0 / 3.0), 0.5, 2.0))
+
+    # centre the output on the tumour's centroid; the default box is a cube just around the tumour
+    inside = np.argwhere(fine_mask[-1])
+    centroid_zyx = hires[inside].mean(axis=0)
+    reach = float(np.abs(hires[inside] - centroid_zyx).max() + (hires[1] - hires[0]) / 2.0) * scale
+    if crop_size_mm is not None:
+        extent = float(crop_size_mm)
+        if extent < 2.0 * reach:
+            raise InvalidInputError(
+                f"crop_size_mm {extent:g} is too small for the generated tumour (it reaches {reach:.1f} mm from its "
+                f"centre; use at least {2 * reach:.0f} mm) or leave it unset."
+            )
+    else:
+        extent = 2.0 * reach + 4.0 * max(spacing_xyz) + 4.0
+    sizes_xyz = [2 * int(math.ceil(extent / (2 * s))) + 1 for s in spacing_xyz]
+    axes = [_axis_points(n, s) for n, s in zip(sizes_xyz, spacing_xyz, strict=True)]
+    points = np.stack(np.meshgrid(axes[2], axes[1], axes[0], indexing="ij"), axis=-1) + centroid_zyx * scale
+    channels = _postprocess(_sample_on_grid(logits, points, base_spacing, scale) >= 0.0, allow_multiple)
+    if not channels[-1].any():
+        raise InvalidInputError(
+            f"The generated tumour is smaller than one voxel at spacing {spacing_xyz} mm; use a finer spacing."
+        )
+    origin = tuple(float(-(n - 1) / 2.0 * s) for n, s in zip(sizes_xyz, spacing_xyz, strict=True))
+    metadata = {
+        "generator": "napari-medgen shape-gan",
+        "model": str(model),
+        "seed": int(seed),
+        "requested_features": dict(request),
+        "conditioning_features": filled,
+        "model_volume_mm3": generated_volume,
+        "volume_scale": scale,
+        "label_names": {str(i + 1): name for i, name in enumerate(extra["regions"])},
+    }
+    return LabelMap(_label_of(channels), spacing_xyz, origin, metadata=metadata)
+
+
+def place_shape(shape_mask: LabelMap, reference: Volume, center_mm: Sequence[float]) -> LabelMap:
+    """``shape_mask`` (centred at the origin, as `generate_shape` returns it) moved to ``center_mm`` (x, y, z,
+    physical) and resampled (nearest) onto ``reference``'s grid; parts outside the image are cut off."""
+    from napari_medgen.core.geometry import physical_to_index, resample_like
+
+    if not isinstance(shape_mask, LabelMap):
+        raise InvalidInputError(
+            f"shape_mask must be a LabelMap (from generate_shape); got {type(shape_mask).__name__}."
+        )
+    if not isinstance(reference, Volume):
+        raise InvalidInputError(f"reference must be a Volume; got {type(reference).__name__}.")
+    try:
+        centre = np.asarray(center_mm, dtype=float).reshape(3)
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError(f"center_mm must be three numbers (x, y, z) in mm; got {center_mm!r}.") from error
+    if not np.all(np.isfinite(centre)):
+        raise InvalidInputError(f"center_mm contains NaN or Inf: {tuple(centre)}.")
+    index = physical_to_index(reference, centre)
+    if np.any(index < -0.5) or np.any(index > np.asarray(reference.shape) - 0.5):
+        raise InvalidInputError(
+            f"The centre {tuple(np.round(centre, 2))} mm lies outside the image (voxel z,y,x "
+            f"{tuple(np.round(index, 1))}, image shape {reference.shape}); pick a point inside it."
+        )
+    moved = shape_mask.with_array(shape_mask.array, origin=tuple(np.asarray(shape_mask.origin) + centre))
+    placed = resample_like(moved, reference, interpolator="nearest")
+    if not np.any(placed.array):
+        raise InvalidInputError(
+            "The placed shape covers no voxel of the reference image (it is smaller than one voxel there); "
+            "generate a larger tumour or use a finer image."
+        )
+    return LabelMap(placed.array, reference.spacing, reference.origin, reference.direction, dict(shape_mask.metadata))
