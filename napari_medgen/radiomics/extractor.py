@@ -16,7 +16,7 @@ import numpy as np
 
 from napari_medgen.core.volume import LabelMap, Volume
 from napari_medgen.errors import InvalidInputError
-from napari_medgen.radiomics import firstorder, shape, texture
+from napari_medgen.radiomics import firstorder, shape, shape2d, texture
 from napari_medgen.radiomics.neighbours import angles, build_lattice
 from napari_medgen.radiomics.preprocess import PreparedROI, discretize_values, prepare
 from napari_medgen.radiomics.settings import RadiomicsSettings
@@ -37,9 +37,15 @@ def _classes(feature_classes: Iterable[str] | None) -> list[str]:
     bad = [c for c in wanted if c not in FEATURE_CLASSES]
     if bad:
         raise InvalidInputError(f"Unknown radiomics feature class(es) {bad}; choose from {FEATURE_CLASSES}.")
-    if "shape2D" in wanted:
-        raise InvalidInputError("The shape2D feature class is not available yet; request 'shape' (3D shape) instead.")
     return wanted
+
+
+def _check_shape2d(classes: list[str], settings: RadiomicsSettings) -> None:
+    """shape2D measures single-slice ROIs, which pyradiomics only accepts with force2D (it skips the class
+    otherwise; we say so instead of silently returning fewer features)."""
+    if "shape2D" in classes and not settings.force2D:
+        raise InvalidInputError("The shape2D feature class needs force2D=True (and force2Ddimension set to the "
+                                "out-of-plane axis); set it, or request the 3D 'shape' class instead.")
 
 
 def _feature_names(classes: list[str]) -> list[str]:
@@ -47,6 +53,8 @@ def _feature_names(classes: list[str]) -> list[str]:
     for cls in classes:
         if cls == "shape":
             cls_names = shape.FEATURES
+        elif cls == "shape2D":
+            cls_names = shape2d.FEATURES
         elif cls == "firstorder":
             cls_names = firstorder.FEATURES
         else:
@@ -102,6 +110,9 @@ def _compute(masks: np.ndarray, values: np.ndarray, starts: np.ndarray, shape_ma
     out: dict[str, np.ndarray] = {}
     if "shape" in classes:
         out.update({f"original_shape_{k}": v for k, v in _shape_batch(shape_masks, spacing).items()})
+    if "shape2D" in classes:
+        vals = shape2d.shape2d_features_volume_batch(shape_masks, spacing, settings.force2Ddimension)
+        out.update({f"original_shape2D_{k}": vals[k] for k in shape2d.FEATURES})
     if "firstorder" in classes or any(c in texture.CLASSES for c in classes):
         out.update(_intensity(masks, values, starts, spacing, settings, classes))
     return out
@@ -128,6 +139,7 @@ def extract_features(
     """
     cfg = RadiomicsSettings.from_any(settings)
     classes = _classes(feature_classes)
+    _check_shape2d(classes, cfg)
     roi = prepare(image, labels, cfg.label if label is None else int(label), cfg)
     return compute_prepared(roi, cfg, classes)
 
@@ -246,6 +258,7 @@ def extract_features_batch(
     if len(sp) != 3 or min(sp) <= 0:
         raise InvalidInputError(f"spacing must be 3 positive values (x, y, z); got {spacing}.")
     classes = _classes(feature_classes)
+    _check_shape2d(classes, cfg)
     msk = msk.astype(bool, copy=False)
     tex_masks, usable, values, starts, problems = _check_crops(imgs, msk, cfg)
     shape_masks = tex_masks if cfg.resegmentShape else msk
