@@ -139,11 +139,12 @@ def bench_per_class(images: np.ndarray, masks: np.ndarray) -> dict[str, float]:
 def _update_doc(doc: Path, section: str) -> None:
     from napari_medgen.core.atomic import atomic_write_text
 
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
     start = text.find("## Radiomics")
     if start >= 0:
         end = text.find("\n## ", start + 3)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+        rest = text[end + 1:] if end >= 0 else ""
+        text = text[:start] + section.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
     atomic_write_text(doc, text)
