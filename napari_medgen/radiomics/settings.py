@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import numpy as np
+
 from napari_medgen.errors import ConfigError
 
 _WEIGHTING_NORMS = (None, "no_weighting", "infinity", "euclidean", "manhattan")
@@ -102,3 +104,13 @@ class RadiomicsSettings:
         if not isinstance(value, dict):
             raise ConfigError(f"Radiomics settings must be a dict literal; got {type(value).__name__}.")
         return cls.from_any(value)
+
+
+def positive_spacing(values: Any, count: int, what: str) -> np.ndarray:
+    """``values`` as ``count`` positive finite millimetres (float64), else `InvalidInputError` naming ``what``."""
+    from napari_medgen.errors import InvalidInputError
+
+    spacing = np.asarray(values, dtype=np.float64).reshape(-1)
+    if spacing.shape != (count,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InvalidInputError(f"{what} must be {count} positive values in mm; got {values!r}.")
+    return spacing

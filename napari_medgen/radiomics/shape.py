@@ -19,8 +19,9 @@ import math
 
 import numpy as np
 
-from napari_medgen.errors import DimensionError, InvalidInputError
+from napari_medgen.errors import DimensionError
 from napari_medgen.radiomics import marching_cubes
+from napari_medgen.radiomics.settings import positive_spacing
 
 FEATURES = (
     "MeshVolume", "VoxelVolume", "SurfaceArea", "SurfaceVolumeRatio", "Sphericity", "Maximum3DDiameter",
@@ -77,9 +78,7 @@ def shape_features_batch(masks: np.ndarray, spacing_xyz: tuple[float, float, flo
     arr = np.asarray(masks)
     if arr.ndim != 4:
         raise DimensionError(f"shape_features_batch needs an (N, z, y, x) batch of masks; got shape {arr.shape}.")
-    spacing = np.asarray(spacing_xyz, dtype=np.float64).reshape(-1)
-    if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise InvalidInputError(f"spacing must be three positive (x, y, z) values in mm; got {spacing_xyz!r}.")
+    spacing = positive_spacing(spacing_xyz, 3, "spacing (x, y, z)")
     spacing_zyx = tuple(float(s) for s in spacing[::-1])
     if arr.dtype != bool:
         arr = arr != 0

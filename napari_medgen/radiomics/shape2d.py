@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from napari_medgen.errors import DimensionError, InvalidInputError
+from napari_medgen.radiomics.settings import positive_spacing
 
 # Features pyradiomics computes when the whole class is enabled (SphericalDisproportion is deprecated there).
 FEATURES = (
@@ -66,9 +67,7 @@ def shape2d_features_volume_batch(masks: np.ndarray, spacing_xyz: tuple[float, f
     arr = np.asarray(masks)
     if arr.ndim != 4:
         raise DimensionError(f"shape2D needs an (N, z, y, x) batch of masks; got shape {arr.shape}.")
-    spacing = np.asarray(spacing_xyz, dtype=np.float64).reshape(-1)
-    if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise InvalidInputError(f"spacing must be three positive (x, y, z) values in mm; got {spacing_xyz!r}.")
+    spacing = positive_spacing(spacing_xyz, 3, "spacing (x, y, z)")
     a, b = in_plane_axes(force2d_dimension)
     arr = arr != 0 if arr.dtype != bool else arr
     extent = np.count_nonzero(arr.any(axis=tuple(ax + 1 for ax in (a, b))), axis=1)
@@ -93,9 +92,7 @@ def shape2d_features_batch(masks: np.ndarray, pixel_spacing: tuple[float, float]
     arr = np.asarray(masks)
     if arr.ndim != 3:
         raise DimensionError(f"shape2d_features_batch needs an (N, rows, cols) batch; got shape {arr.shape}.")
-    sp = np.asarray(pixel_spacing, dtype=np.float64).reshape(-1)
-    if sp.shape != (2,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        raise InvalidInputError(f"pixel_spacing must be two positive (row, column) values; got {pixel_spacing!r}.")
+    sp = positive_spacing(pixel_spacing, 2, "pixel_spacing (row, column)")
     arr = arr != 0 if arr.dtype != bool else arr
     n = len(arr)
     out = {k: np.full(n, np.nan) for k in FEATURES + DEPRECATED_FEATURES}
