@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from napari_medgen.core.atomic import atomic_write_text
 from napari_medgen.core.progress import CancelToken, ProgressCallback, ProgressReporter
 from napari_medgen.errors import CancelledError, CheckpointError, ConfigError, InvalidInputError
 from napari_medgen.training.config import TrainConfig
@@ -165,12 +166,6 @@ def find_latest_checkpoint(out_dir: Path) -> Path | None:
         return None
     done = [p for p in root.glob("step_*") if p.is_dir() and (p / STATE_FILE).is_file()]
     return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---- the trainer ----------------------------------------------------------------------------------
@@ -345,7 +340,7 @@ class Trainer:
                     kept.append(line)
             except (ValueError, KeyError, TypeError):
                 continue
-        _write_text_atomically(path, "".join(f"{line}\n" for line in kept))
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
     def _append_log(self, name: str, record: Mapping[str, Any]) -> None:
         with open(self.out_dir / name, "a", encoding="utf-8") as handle:
@@ -445,7 +440,7 @@ class Trainer:
                 self._clear_previous_run()
             import yaml
 
-            _write_text_atomically(self.out_dir / CONFIG_COPY, yaml.safe_dump(cfg.as_dict(), sort_keys=False))
+            atomic_write_text(self.out_dir / CONFIG_COPY, yaml.safe_dump(cfg.as_dict(), sort_keys=False))
         accelerator.wait_for_everyone()
 
         seed_everything(cfg.seed)
