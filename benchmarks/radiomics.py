@@ -211,11 +211,15 @@ def main() -> None:
         "How the batch runs: every crop is discretised on its own, then all crops share one zero-padded voxel "
         "lattice, so each of the 13 directions is one gather over every ROI voxel of the batch (GLCM by "
         "`bincount`, GLDM/NGTDM by neighbour sums, GLRLM by run starts plus following the longer runs, GLSZM by "
-        "a vectorised union-find of same-level links) and the feature formulas run on stacked matrices. What "
-        "is left is mostly per-voxel-per-direction numpy passes, the batched `eigvalsh` of the GLCM MCC (one "
-        "small LAPACK call per crop and direction) and the union-find; shape (marching cubes) comes from "
-        "`napari_medgen.radiomics.shape`. Speed-ups measured while other jobs load the machine are lower than "
-        "on an idle one, where the thread pool can also use the second core.\n"
+        "the connected components of same-level links) and the feature formulas run on stacked matrices. "
+        "Shape is batched too: marching-cube configurations and the diameter candidates come from shifted "
+        "slices of the flattened, zero-padded batch, and the exact diameters from per-crop / per-plane bounds "
+        "(segment reductions) and one listing of all remaining pairs, with no per-crop Python loop. BLAS runs "
+        "single-threaded during the call (its threads only spin on these small products). What is left is "
+        "mostly per-voxel-per-direction numpy passes, the batched `eigvalsh` of the GLCM MCC (one small LAPACK "
+        "call per crop and direction), the zone labelling and the full-grid passes of shape. Speed-ups "
+        "measured while other jobs load the machine are lower than on an idle one, where the thread pool can "
+        "also use the second core.\n"
     )
     _update_doc(args.doc, section)
 

@@ -242,18 +242,44 @@ def mesh_volume_area(masks: np.ndarray, spacing_zyx: tuple[float, float, float],
     is where pyradiomics puts it: its mask is cropped to the ROI bounding box and padded by one voxel.
     """
     masks = np.asarray(masks, dtype=bool)
-    n = masks.shape[0]
-    const, linear = volume_tables()
-    configs = configurations(masks)
-    flat = configs.reshape(-1)
-    surface = np.flatnonzero((flat - np.uint8(1)) < 254)  # cubes that are neither all outside nor all inside
-    config = flat[surface].astype(np.intp)
-    crop, rest = np.divmod(surface, int(np.prod(configs.shape[1:])))
+    n, d0, d1, d2 = masks.shape
+    padded = np.zeros((n, d0 + 2, d1 + 2, d2 + 2), dtype=bool)
+    padded[:, 1:-1, 1:-1, 1:-1] = masks
+    return mesh_volume_area_padded(padded, spacing_zyx, origins)
+
+
+def mesh_volume_area_padded(padded: np.ndarray, spacing_zyx: tuple[float, float, float],
+                            origins: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`mesh_volume_area` of a C-contiguous boolean batch already zero-padded by one voxel on every side.
+
+    The cube configurations are built on the flattened batch with shifted slices (cheap contiguous passes):
+    a cube whose corners would wrap into the next row, slice or crop has all its corners in padding, so it
+    reads as empty and drops out with the all-outside cubes.
+    """
+    n = padded.shape[0]
+    sz, sy = padded.shape[2] * padded.shape[3], padded.shape[3]
+    flat = padded.reshape(-1).view(np.uint8)
+    size = flat.size
+    # two reused buffers (fresh large arrays cost page faults): corner bits along z, then y, then x
+    buf = np.empty(size, dtype=np.uint8)
+    step = np.empty(size, dtype=np.uint8)
+    config = np.left_shift(flat[sz:], 1, out=buf[:size - sz])
+    config |= flat[:-sz]
+    n1 = size - sz - sy
+    np.left_shift(config[sy:], 2, out=step[:n1])
+    step[:n1] |= config[:n1]
+    config = np.left_shift(step[1:n1], 4, out=buf[:n1 - 1])
+    config |= step[:n1 - 1]
+    np.add(config, np.uint8(255), out=step[:n1 - 1])  # c - 1 (mod 256): 0 -> 255, 255 -> 254
+    surface = np.flatnonzero(step[:n1 - 1] < 254)  # cubes neither all outside nor all inside
+    config = config[surface].astype(np.intp)
+    crop, rest = np.divmod(surface, padded[0].size)
     hist = np.bincount(crop * 256 + config, minlength=n * 256).reshape(n, 256)
+    const, linear = volume_tables()
     # Sum over surface cubes of position . linear term (exact: integers well below 2**53).
-    lin = linear[config]
-    index = np.unravel_index(rest, configs.shape[1:])
-    pos = index[0] * lin[:, 0] + index[1] * lin[:, 1] + index[2] * lin[:, 2]
+    i, rest = np.divmod(rest, sz)
+    j, k = np.divmod(rest, sy)
+    pos = i * linear[config, 0] + j * linear[config, 1] + k * linear[config, 2]
     pos_sum = np.rint(np.bincount(crop, weights=pos, minlength=n)).astype(np.int64)
     if origins is not None:
         pos_sum -= (hist @ linear * np.asarray(origins, dtype=np.int64)).sum(1)

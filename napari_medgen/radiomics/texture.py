@@ -326,17 +326,36 @@ class _Matrices:
 
     # -- GLSZM
     def _zones(self, lat: VoxelLattice, lvi: np.ndarray) -> None:
-        """26-connected (8 in 2D) same-level zones of every crop: their crop, level and size."""
+        """26-connected (8 in 2D) same-level zones of every crop: their crop, level and size.
+
+        The zones are the connected components of the same-level links; scipy's compiled graph traversal
+        finds them in one pass over the links (faster than our vectorised union-find, `_components`, which
+        remains the fallback). Crop and level are constant within a zone, so any member gives them.
+        """
         n_vox = lvi.size
         dtype = np.int32 if n_vox < 2**31 else np.int64
-        parent = np.arange(n_vox, dtype=dtype)
-        src = np.concatenate(self.link_src).astype(dtype) if self.link_src else parent[:0]
-        dst = np.concatenate(self.link_dst).astype(dtype) if self.link_dst else parent[:0]
-        parent = _components(parent, src, dst)
-        roots = np.flatnonzero(parent == np.arange(n_vox))
-        sizes = np.bincount(parent, minlength=n_vox)[roots]
-        self.zone_crop = lat.crop[roots]
-        self.zone_level = lvi[roots]
+        src = np.concatenate(self.link_src).astype(dtype) if self.link_src else np.zeros(0, dtype)
+        dst = np.concatenate(self.link_dst).astype(dtype) if self.link_dst else np.zeros(0, dtype)
+        try:
+            from scipy.sparse import csr_matrix
+            from scipy.sparse.csgraph import connected_components
+        except ImportError:  # pragma: no cover - scipy is a dependency
+            parent = _components(np.arange(n_vox, dtype=dtype), src, dst)
+            label = np.unique(parent, return_inverse=True)[1]
+        else:
+            graph = csr_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n_vox, n_vox))
+            label = connected_components(graph, directed=True, connection="weak")[1]
+        n_zones = int(label.max()) + 1 if n_vox else 0
+        zone_crop = np.empty(n_zones, dtype=lat.crop.dtype)
+        zone_crop[label] = lat.crop
+        zone_level = np.empty(n_zones, dtype=lvi.dtype)
+        zone_level[label] = lvi
+        sizes = np.bincount(label, minlength=n_zones)
+        if np.any(zone_crop[1:] < zone_crop[:-1]):  # keep zones crop-major whatever the labelling order
+            order = np.argsort(zone_crop, kind="stable")
+            zone_crop, zone_level, sizes = zone_crop[order], zone_level[order], sizes[order]
+        self.zone_crop = zone_crop
+        self.zone_level = zone_level
         self.zone_size = sizes
         self.zone_starts = np.searchsorted(self.zone_crop, np.arange(self.n + 1))
         self.n_voxels = np.diff(lat.starts).astype(np.float64)
