@@ -23,6 +23,7 @@ import os
 import pkgutil
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -435,3 +436,22 @@ def from_pretrained(
     if device is not None:
         model.to(device)
     return model
+
+
+_LOADED: dict[tuple[str, str], nn.Module] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def load_cached(name_or_path: str | os.PathLike[str], *, expected_type: str) -> nn.Module:
+    """`from_pretrained` on CPU, kept in memory per folder and weight-file time (GUIs and batch jobs load
+    the same checkpoint many times; a re-trained file is picked up). Callers must not modify the model."""
+    folder = resolve_checkpoint(name_or_path)
+    weights = folder / MODEL_FILE
+    key = (f"{folder.resolve()}:{weights.stat().st_mtime_ns if weights.exists() else 0}", expected_type)
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            model = from_pretrained(folder, expected_type=expected_type)
+            if len(_LOADED) >= 8:
+                _LOADED.pop(next(iter(_LOADED)))
+            _LOADED[key] = model
+        return _LOADED[key]

@@ -80,3 +80,38 @@ def oblique_labels(oblique_volume: Volume) -> LabelMap:
     arr[2:5, 3:8, 4:9] = 1
     arr[3, 5, 6] = 2
     return oblique_volume.as_labels(arr)
+
+
+# ---- tiny untrained 2D diffusion checkpoints (shapes, geometry, determinism, errors; no quality) --------
+def _save_tiny(folder: Path, model_cls_name: str, **kwargs: object) -> Path:
+    import torch
+
+    from napari_medgen.models.mask_diffusion import MaskDiffusionUNet
+    from napari_medgen.models.paired_guider import PairedGuider
+
+    cls = {"mask": MaskDiffusionUNet, "guider": PairedGuider}[model_cls_name]
+    torch.manual_seed(0)
+    model = cls(image_size=(16, 16), block_out_channels=(8, 16), norm_num_groups=4, num_train_timesteps=100,
+                **kwargs)
+    return model.save_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_seg2img(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A mask-ablated mask-diffusion checkpoint: classes 1, 2 (tumour) and 5 (tissue), 16x16."""
+    return _save_tiny(tmp_path_factory.mktemp("tiny_seg2img") / "model", "mask", class_values=(1, 2, 5),
+                      class_names=("core", "edema", "tissue"), trained_with_ablation=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_seg2img_standard(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same without mask ablation (dropping classes must be refused)."""
+    return _save_tiny(tmp_path_factory.mktemp("tiny_seg2img_std") / "model", "mask", class_values=(1, 2, 5))
+
+
+@pytest.fixture(scope="session")
+def tiny_paired(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(guider, image model) for binary lesions (class 1), 16x16."""
+    root = tmp_path_factory.mktemp("tiny_paired")
+    return (_save_tiny(root / "guider", "guider", class_values=(1,)),
+            _save_tiny(root / "image", "mask", class_values=(1,)))

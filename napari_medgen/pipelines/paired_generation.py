@@ -1,0 +1,116 @@
+"""Paired image + mask generation with a diffusion guider (PIG, seed 004).
+
+Both the lesion mask x and the image y start as noise and are denoised in lock-step. At every step
+the guider predicts the mask noise from (x_t, y_t); its clean-mask estimate x0_hat is binarised
+(average pool + threshold, as PIG does) and conditions the mask-guided image model's step on y_t.
+The final mask is the guider's last estimate, so image and mask come out together and agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_medgen.core.progress import Job, ProgressEvent, run_job
+from napari_medgen.core.volume import LabelMap, Volume
+from napari_medgen.errors import InvalidInputError
+
+DEFAULT_GUIDER = "busi-paired-guider"
+#: image model used with a bundled guider when none is given
+PARTNERS = {"busi-paired-guider": "seg2img-busi"}
+
+
+def _models(guider: str | Path, image_model: str | Path | None) -> tuple[Any, Any]:
+    from napari_medgen.hub import load_cached
+    from napari_medgen.models.diffusion_unet2d import same_contract
+
+    if image_model is None:
+        key = str(guider)
+        if key not in PARTNERS:
+            raise InvalidInputError(
+                f"Give the image model to pair with guider {key!r} (a mask-diffusion checkpoint trained on the same "
+                "data): image_model=... / --image-model DIR."
+            )
+        image_model = PARTNERS[key]
+    x_net = load_cached(guider, expected_type="paired-guider")
+    y_net = load_cached(image_model, expected_type="mask-diffusion")
+    same_contract(x_net, y_net, "paired generation")
+    return x_net, y_net
+
+
+def generate_pairs_job(
+    n: int,
+    *,
+    guider: str | Path = DEFAULT_GUIDER,
+    image_model: str | Path | None = None,
+    steps: int = 50,
+    sampler: str = "ddim",
+    seed: int = 0,
+    smooth: int = 3,
+    batch_size: int = 8,
+    spacing: tuple[float, float] = (1.0, 1.0),
+) -> Job[list[tuple[Volume, LabelMap]]]:
+    """Job form of `generate_pairs`: one event per lock-step of each batch."""
+    import torch
+
+    from napari_medgen.models.mask_code import decode_mask, encode_mask
+    from napari_medgen.pipelines.diffusion_sampling import make_sampler, predict_x0, step_kwargs
+
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise InvalidInputError(f"n (number of pairs) must be a positive integer; got {n!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise InvalidInputError(f"seed must be an integer; got {seed!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    if seed < 0:
+        raise InvalidInputError(f"seed must be 0 or a positive integer; got {seed}.")
+    if smooth < 1 or smooth % 2 == 0:
+        raise InvalidInputError(f"smooth (binarisation window) must be an odd number >= 1; got {smooth}.")
+    if len(spacing) != 2 or min(float(s) for s in spacing) <= 0:
+        raise InvalidInputError(f"spacing is two positive pixel sizes (x, y) in mm; got {spacing!r}.")
+    x_net, y_net = _models(guider, image_model)
+    values = x_net.class_values
+    k, c = x_net.num_classes, x_net.config["image_channels"]
+    size = x_net.image_size
+    batches = [list(range(i, min(i + batch_size, int(n)))) for i in range(0, int(n), batch_size)]
+    total = len(batches) * int(steps)
+    done = 0
+    pairs: list[tuple[Volume, LabelMap]] = []
+    for rows in batches:
+        # starting noise per pair (the same pairs whatever the batch size); ddpm's step noise is per batch
+        starts = [torch.Generator().manual_seed(int(seed) * 1_000_003 + i) for i in rows]
+        x = torch.stack([torch.randn((k, *size), generator=g) for g in starts])
+        y = torch.stack([torch.randn((c, *size), generator=g) for g in starts])
+        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + rows[0] + 7)
+        sx, sy = make_sampler(x_net, sampler, int(steps)), make_sampler(y_net, sampler, int(steps))
+        kwargs = step_kwargs(sampler, generator)
+        mask = torch.zeros((len(rows), *size), dtype=torch.int64)
+        with torch.no_grad():
+            for t in sx.timesteps:
+                eps_x = x_net(sx.scale_model_input(x, t), y, t)
+                mask = decode_mask(predict_x0(sx, x, eps_x, int(t)), values, smooth)
+                x = sx.step(eps_x, t, x, **kwargs).prev_sample
+                eps_y = y_net(sy.scale_model_input(y, t), t, encode_mask(mask, values))
+                y = sy.step(eps_y, t, y, **kwargs).prev_sample
+                done += 1
+                yield ProgressEvent(done, total, "paired generation", f"{len(pairs) + len(rows)}/{n}")
+        final_mask = decode_mask(x, values, smooth)
+        images = ((y.clamp(-1, 1) + 1) / 2).numpy().astype(np.float32)
+        for i in range(len(rows)):
+            meta = {"generated_by": "napari-medgen paired", "guider": str(guider), "seed": int(seed),
+                    "index": rows[i], "sampler": sampler, "steps": int(steps), "units": "normalised [0, 1]"}
+            sp = (float(spacing[0]), float(spacing[1]), 1.0)
+            image = Volume(images[i][0][None], spacing=sp, metadata=meta)
+            pairs.append((image, LabelMap(final_mask[i].numpy().astype(np.uint8)[None], spacing=sp, metadata=meta)))
+    return pairs
+
+
+def generate_pairs(n: int, **kwargs: Any) -> list[tuple[Volume, LabelMap]]:
+    """``n`` new (image, lesion mask) pairs as 2D volumes of shape (1, H, W); same seed, same pairs.
+
+    ``guider``: a paired-guider checkpoint; ``image_model``: the mask-diffusion model to pair it with
+    (defaults to the bundled partner of a bundled guider). See `generate_pairs_job` for the options.
+    """
+    return run_job(generate_pairs_job(n, **kwargs))

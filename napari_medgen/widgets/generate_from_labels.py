@@ -1,0 +1,280 @@
+"""Dock widget "Generate from labels": a labels layer -> a new image layer that follows it slice by slice.
+
+A thin adapter over `napari_medgen.pipelines.slice_generation` (the same code as the CLI). The model
+field takes a bundled name or a checkpoint folder; its classes are read from ``config.json`` alone (no
+torch) and shown as one checkbox each: ticked classes are constrained to the drawn masks, unticked ones
+are left for the model to fill in. Only mask-ablated models can leave classes out, so for any other
+model the boxes stay ticked and disabled. An optional reference scan (on the labels' grid) maps the
+output to its intensity units and enables the anatomical-similarity slider.
+
+Generation runs in a napari thread worker over the pipeline's job generator: every sampling step moves
+the progress bar and is a cancellation point. The image is added as a new layer with the labels layer's
+own geometry only when the job finishes; a cancelled or failed run adds nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSlider,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+
+from napari_medgen.errors import InvalidInputError, MedGenError
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_medgen.core.volume import LabelMap, Volume
+
+NOT_ABLATED_TIP = (
+    "This model was trained on complete masks (no mask ablation), so every class must be constrained; "
+    "use a mask-ablated model (e.g. the bundled seg2img-brain) to leave classes out."
+)
+SAMPLER_CHOICES = ("dpmpp", "ddim", "ddpm")
+
+
+def _model_classes(model: str) -> tuple[list[int], list[str], bool]:
+    """(class values, class names, trained with mask ablation) of a mask-diffusion checkpoint, without torch."""
+    from napari_medgen.hub import read_checkpoint_config
+
+    data = read_checkpoint_config(model)
+    if data["model_type"] != "mask-diffusion":
+        raise InvalidInputError(
+            f"{model!r} is a {data['model_type']!r} checkpoint; this widget needs a mask-diffusion (seg2img) model."
+        )
+    config = data["config"]
+    values = [int(v) for v in config.get("class_values", [])]
+    names = [str(n) for n in config.get("class_names") or [f"class {v}" for v in values]]
+    return values, names, bool(config.get("trained_with_ablation", False))
+
+
+def present_classes(layer_data: Any, values: list[int]) -> set[int]:
+    """Which of ``values`` occur in a labels layer's data (one comparison per class, no full np.unique)."""
+    arr = np.asarray(layer_data)
+    return {v for v in values if np.any(arr == v)}
+
+
+def _snapshot(volume: Any) -> Any:
+    """A copy of a layer-backed volume whose voxels no later edit of the layer can change."""
+    return replace(volume, array=np.array(volume.array))
+
+
+def layer_kwargs_2d(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Drop the singleton z axis from 3D layer kwargs (``volume_to_layer_kwargs``) for a 2D source layer."""
+    out = dict(kwargs)
+    out["scale"] = tuple(kwargs["scale"])[1:]
+    out["translate"] = tuple(kwargs["translate"])[1:]
+    if "affine" in kwargs:
+        out["affine"] = np.asarray(kwargs["affine"], dtype=float)[1:, 1:]
+    return out
+
+
+class GenerateFromLabelsWidget(Container):
+    """Generate an image that follows a labels layer, slice by slice, on the labels' grid."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, model: str | None = None) -> None:
+        from napari_medgen.pipelines.slice_generation import DEFAULT_MODEL, NOISE_MODES
+
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self._labels: ComboBox = create_widget(annotation="napari.layers.Labels", label="labels")
+        self._model = LineEdit(value=model or DEFAULT_MODEL, label="model")
+        self._model.tooltip = "A bundled model name or a checkpoint folder (trained with `medgen train`)."
+        self._classes = Container(labels=False, label="constrain classes")
+        self._class_note = Label(value="")
+        self._reference: ComboBox = create_widget(
+            annotation="napari.layers.Image", label="reference (optional)", options={"nullable": True}
+        )
+        self._reference.tooltip = "The scan the labels were drawn on (same grid): output in its intensity units."
+        self._similarity = FloatSlider(value=0.0, min=0.0, max=1.0, step=0.01, label="similarity", enabled=False)
+        self._similarity.tooltip = "How much each slice resembles the reference slice (needs a reference)."
+        self._axis = ComboBox(choices=[("0 (z)", 0), ("1 (y)", 1), ("2 (x)", 2)], value=0, label="slice axis")
+        self._steps = SpinBox(value=20, min=1, max=1000, label="steps")
+        self._sampler = ComboBox(choices=SAMPLER_CHOICES, value="dpmpp", label="sampler")
+        self._noise = ComboBox(choices=NOISE_MODES, value="independent", label="noise")
+        self._noise.tooltip = (
+            "Starting noise of neighbouring slices: independent (most varied), shared (smoothest), "
+            "correlated (in between)."
+        )
+        self._seed = SpinBox(value=0, min=0, max=2**31 - 1, label="seed")
+        self._generate = PushButton(text="Generate")
+        self._cancel = PushButton(text="Cancel", enabled=False)
+        self._progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self._status = Label(value="")
+        self.extend([self._labels, self._model, self._classes, self._class_note, self._reference, self._similarity,
+                     self._axis, self._steps, self._sampler, self._noise, self._seed, self._generate, self._cancel,
+                     self._progress, self._status])
+        for note in (self._class_note, self._status):
+            note.native.setWordWrap(True)
+        self._class_boxes: dict[int, CheckBox] = {}
+        self._ablated = False
+        self.worker: Any = None
+        self.last_layer: Any = None
+        self._pending: tuple[str, bool] | None = None
+        self._model.changed.connect(self._refresh_classes)
+        self._labels.changed.connect(self._apply_class_defaults)
+        self._reference.changed.connect(self._reference_changed)
+        self._generate.changed.connect(self._start)
+        self._cancel.changed.connect(self.cancel)
+        self._refresh_classes()
+
+    # ---- class checkboxes ----------------------------------------------------------------------------
+    def _refresh_classes(self) -> None:
+        """Rebuild one checkbox per class of the model named in the model field."""
+        self._classes.clear()
+        self._class_boxes = {}
+        self._ablated = False
+        try:
+            values, names, ablated = _model_classes(str(self._model.value).strip())
+        except MedGenError as error:
+            self._class_note.value = "model not usable yet (see tooltip)"
+            self._class_note.tooltip = str(error)
+            return
+        self._ablated = ablated
+        for value, name in zip(values, names, strict=True):
+            box = CheckBox(value=True, text=f"{value}: {name}", enabled=ablated)
+            box.tooltip = "ticked: follow the drawn mask; unticked: the model fills this class in" if ablated \
+                else NOT_ABLATED_TIP
+            self._class_boxes[value] = box
+        self._classes.extend(list(self._class_boxes.values()))
+        self._class_note.value = "" if ablated else "all classes constrained (model not mask-ablated)"
+        self._class_note.tooltip = "" if ablated else NOT_ABLATED_TIP
+        self._apply_class_defaults()
+
+    def _apply_class_defaults(self) -> None:
+        """Tick the classes drawn in the labels layer; absent ones are left free (mask-ablated models only)."""
+        layer = self._labels.value
+        if not self._ablated or layer is None or not self._class_boxes:
+            for box in self._class_boxes.values():
+                box.value = True
+            return
+        present = present_classes(layer.data, list(self._class_boxes))
+        for value, box in self._class_boxes.items():
+            box.value = value in present
+
+    def _reference_changed(self) -> None:
+        self._similarity.enabled = self._reference.value is not None
+
+    def drop_classes(self) -> list[int]:
+        """Classes left unconstrained: the unticked boxes."""
+        return [value for value, box in self._class_boxes.items() if not box.value]
+
+    # ---- request -------------------------------------------------------------------------------------
+    def request(self) -> tuple[LabelMap, dict[str, Any], str, bool]:
+        """(labels, pipeline options, output layer name, source is 2D) from the current widget state."""
+        from napari_medgen.layers import labels_layer_to_labelmap, layer_to_volume
+
+        layer = self._labels.value
+        if layer is None:
+            raise InvalidInputError("Choose a labels layer (open or draw a segmentation first).")
+        model = str(self._model.value).strip()
+        if not model:
+            raise InvalidInputError("Give a model: a bundled name (e.g. seg2img-brain) or a checkpoint folder.")
+        ref_layer = self._reference.value
+        if ref_layer is not None:
+            reference: Volume | None = _snapshot(layer_to_volume(ref_layer))
+            labels = labels_layer_to_labelmap(layer, reference)
+        else:
+            reference = None
+            labels = layer_to_volume(layer, layer_type="labels")
+        labels = _snapshot(labels)  # the user may keep painting while the worker reads the labels
+        is_2d = np.ndim(layer.data) == 2
+        seed = int(self._seed.value)
+        options = {
+            "model": model,
+            "axis": 0 if is_2d else int(self._axis.value),  # a 2D layer is one slice along axis 0
+            "drop_classes": self.drop_classes(),
+            "steps": int(self._steps.value),
+            "sampler": str(self._sampler.value),
+            "seed": seed,
+            "reference": reference,
+            "similarity": float(self._similarity.value) if reference is not None else 0.0,
+            "noise": str(self._noise.value),
+        }
+        return labels, options, f"{layer.name} seg2img (seed {seed})", is_2d
+
+    def generate(self) -> Volume:
+        """Synchronous generation (scripts and tests); the dock uses the worker path."""
+        from napari_medgen.pipelines.slice_generation import generate_from_labels
+
+        labels, options, _, _ = self.request()
+        return generate_from_labels(labels, **options)
+
+    # ---- worker --------------------------------------------------------------------------------------
+    def _start(self) -> None:
+        from napari.qt.threading import create_worker
+
+        from napari_medgen.pipelines.slice_generation import generate_from_labels_job
+
+        try:
+            labels, options, name, is_2d = self.request()
+        except MedGenError as error:
+            self._report(error)
+            return
+        self._pending = (name, is_2d)
+        self._generate.enabled = False
+        self._cancel.enabled = True
+        self._progress.value = 0
+        self._status.value = "loading model..."
+        self.worker = create_worker(generate_from_labels_job, labels, **options, _start_thread=False,
+                                    _ignore_errors=True)
+        self.worker.yielded.connect(self._on_progress)
+        self.worker.returned.connect(self._add_layer)
+        self.worker.errored.connect(self._report)
+        self.worker.aborted.connect(self._on_aborted)
+        self.worker.finished.connect(self._on_finished)
+        self.worker.start()
+
+    def cancel(self) -> None:
+        """Stop at the next sampling step; nothing is added."""
+        if self.worker is not None:
+            self._status.value = "cancelling..."
+            self.worker.quit()
+
+    def _on_progress(self, event: Any) -> None:
+        if event.total:
+            self._progress.max = int(event.total)
+            self._progress.value = min(int(event.step), int(event.total))
+        self._status.value = f"{event.stage}: {event.message}" if event.message else str(event.stage)
+
+    def _add_layer(self, volume: Volume) -> None:
+        from napari_medgen.layers import volume_to_layer_data
+
+        if self._pending is None:
+            return
+        name, is_2d = self._pending
+        data, kwargs, _ = volume_to_layer_data(volume, name)
+        if is_2d:
+            data, kwargs = data[0], layer_kwargs_2d(kwargs)
+        self.last_layer = self._viewer.add_image(data, **kwargs)
+        self._progress.value = self._progress.max
+        self._status.value = f"added '{self.last_layer.name}'"
+
+    def _on_aborted(self) -> None:
+        self._status.value = "cancelled: nothing was added"
+
+    def _on_finished(self) -> None:
+        self._pending = None
+        self._generate.enabled = True
+        self._cancel.enabled = False
+
+    def _report(self, error: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        self._status.value = f"error: {error}"
+        if isinstance(error, MedGenError):
+            show_error(str(error))
+        else:
+            show_error(f"Unexpected error ({type(error).__name__}): {error}")
