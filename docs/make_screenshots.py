@@ -96,10 +96,77 @@ def tumour_shape_widget_screenshot(out: Path, data_dir: Path) -> Path:
     return _save_shot(viewer, widget.last_layer, out, (1500, 950))
 
 
+def generate_from_labels_screenshot(out: Path, data_dir: Path) -> Path:
+    """ "Generate from labels" on the MNI152 brain: BRATS-style labels around a shape-GAN tumour -> FLAIR-like
+    slices (bundled seg2img-brain, the brain as similarity reference), shown beside the brain."""
+    import napari
+
+    from napari_medgen.demo import DEMO_SEG2IMG, DEMO_SHAPE_CENTER_MM, DEMO_SHAPE_REQUEST, brats_labels_around
+    from napari_medgen.layers import layer_to_volume, volume_to_layer_data
+    from napari_medgen.pipelines.shape_generation import generate_shape, place_shape
+    from napari_medgen.widgets.generate_from_labels import GenerateFromLabelsWidget
+
+    viewer = napari.Viewer(show=True, title="napari-medgen: generate an image from labels, slice by slice")
+    [brain] = viewer.open_sample("napari-medgen", "mni152")
+    volume = layer_to_volume(brain)
+    tumour = place_shape(generate_shape(DEMO_SHAPE_REQUEST, spacing=volume.spacing, seed=0), volume,
+                         DEMO_SHAPE_CENTER_MM)
+    data, kwargs, _ = volume_to_layer_data(brats_labels_around(volume, tumour), "BRATS-style labels")
+    labels = viewer.add_labels(data, **kwargs)
+    labels.opacity = 0.35
+    widget = GenerateFromLabelsWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Generate from labels", area="right")
+    widget._labels.value = labels
+    widget._reference.value = brain
+    widget._similarity.value = DEMO_SEG2IMG["similarity"]
+    widget._add_layer(widget.generate())
+    brain.visible = False
+    viewer.layers.selection = {widget.last_layer}
+    return _save_shot(viewer, tumour_layer_proxy(labels), out, (1500, 950))
+
+
+def tumour_layer_proxy(labels):  # noqa: ANN001, ANN201 - a layer whose data centre is the tumour (labels 1, 2, 4)
+    from types import SimpleNamespace
+
+    tumour = np.isin(labels.data, (1, 2, 4))
+    return SimpleNamespace(data=tumour, data_to_world=labels.data_to_world)
+
+
+def paired_generation_screenshot(out: Path, data_dir: Path) -> Path:
+    """ "Paired generation": 8 new breast-ultrasound images with their lesion masks (bundled PIG guider)."""
+    import napari
+
+    from napari_medgen.pipelines.paired_generation import generate_pairs
+    from napari_medgen.widgets.paired_generation import PairedGenerationWidget
+
+    viewer = napari.Viewer(show=True, title="napari-medgen: paired image + lesion mask generation")
+    widget = PairedGenerationWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Paired generation", area="right")
+    widget._n.value = 8
+    widget._seed_used = 0
+    widget._add_layers(generate_pairs(**widget.options()))
+    image_layer, mask_layer = widget.last_layers
+    mask_layer.opacity = 0.4
+    viewer.grid.enabled = False
+    viewer.window._qt_window.resize(1300, 900)
+    viewer.reset_view()
+    viewer.dims.set_point(0, 0)
+    _process_events(20)
+    from PIL import Image
+
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(shot)).save(out)
+    viewer.close()
+    return out
+
+
 SCREENSHOTS = {
     "napari_reader.png": reader_screenshot,
     "radiomics_widget.png": radiomics_widget_screenshot,
     "tumour_shape_widget.png": tumour_shape_widget_screenshot,
+    "generate_from_labels_widget.png": generate_from_labels_screenshot,
+    "paired_generation_widget.png": paired_generation_screenshot,
 }
 
 

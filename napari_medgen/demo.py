@@ -1,9 +1,11 @@
 """The job behind ``medgen demo`` / ``make demo``: the main workflow on bundled defaults.
 
-Today it exercises the geometry-true IO on the two sample scans (the MNI152 T1 brain shipped in
-nilearn and the synthetic tumour phantom): each is written as NIfTI and NRRD, re-read, checked
-against its source geometry, and drawn as an axial / coronal / sagittal montage. A JSON report
-records geometry, checks and timings. Later capabilities add their operation here.
+It exercises the geometry-true IO on the two sample scans (the MNI152 T1 brain shipped in nilearn
+and the synthetic tumour phantom): each is written as NIfTI and NRRD, re-read, checked against its
+source geometry, and drawn as an axial / coronal / sagittal montage. Then it generates a tumour shape
+in the brain (shape GAN), turns brain + tumour into BRATS-style labels and generates FLAIR-like slices
+from them (seg2img, MNI brain as similarity reference), and makes a few breast-ultrasound image + mask
+pairs (PIG). A JSON report records geometry, checks, requested vs measured features and timings.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ DEMO_SHAPE_REQUEST = {"VoxelVolume": 8000.0, "Sphericity": 0.75}
 DEMO_SHAPE_CENTER_MM = (-25.0, 10.0, 15.0)  # LPS, right frontal white matter of the MNI152 template
 
 
-def _shape_demo(brain: Volume, out: Path, outputs: list[str]) -> dict[str, Any]:
+def _shape_demo(brain: Volume, out: Path, outputs: list[str]) -> tuple[dict[str, Any], LabelMap]:
     """Generate a tumour mask with requested features, place it in the brain, re-extract its features."""
     from napari_medgen.pipelines.shape_generation import generate_shape, place_shape
     from napari_medgen.radiomics import extract_features
@@ -54,7 +56,91 @@ def _shape_demo(brain: Volume, out: Path, outputs: list[str]) -> dict[str, Any]:
         "requested": DEMO_SHAPE_REQUEST,
         "re_extracted": {name: measured[f"original_shape_{name}"] for name in DEMO_SHAPE_REQUEST},
         "seconds": round(seconds, 3),
+    }, placed
+
+
+DEMO_SEG2IMG = {"steps": 20, "sampler": "dpmpp", "seed": 0, "similarity": 0.4}
+DEMO_PAIRS = {"n": 8, "steps": 25, "sampler": "ddim", "seed": 0}
+
+
+def brats_labels_around(brain: Volume, tumour: LabelMap) -> LabelMap:
+    """BRATS-convention labels of ``seg2img-brain`` from a brain image and one lesion mask: 5 brain (non-zero
+    voxels of a skull-stripped scan), 2 edema (a 4 mm shell around the lesion), 4 enhancing rim, 1 necrotic core
+    (the lesion eroded by 3 mm)."""
+    from scipy import ndimage
+
+    spacing_zyx = np.asarray(brain.spacing[::-1])
+    lesion = tumour.array > 0
+    outside = ndimage.distance_transform_edt(~lesion, sampling=spacing_zyx)
+    inside = ndimage.distance_transform_edt(lesion, sampling=spacing_zyx)
+    tissue = ndimage.binary_fill_holes(np.asarray(brain.array) > 0)
+    labels = np.where(tissue, 5, 0).astype(np.uint8)
+    labels[(outside > 0) & (outside <= 4.0) & tissue] = 2
+    labels[lesion] = 4
+    labels[lesion & (inside > 3.0)] = 1
+    return brain.as_labels(labels)
+
+
+def _slab(volume: Volume, z0: int, z1: int) -> Volume:
+    """Slices ``z0:z1`` of a volume with the origin moved to its first slice (same grid otherwise)."""
+    from napari_medgen.core.geometry import index_to_physical
+
+    origin = tuple(float(v) for v in index_to_physical(volume, (z0, 0, 0)))
+    return volume.with_array(np.asarray(volume.array)[z0:z1], origin=origin)
+
+
+def _slice_diffusion_demo(brain: Volume, tumour: LabelMap, out: Path, outputs: list[str]) -> dict[str, Any]:
+    """FLAIR-like slices generated from labels around the demo tumour (bundled seg2img-brain, with the MNI brain
+    as similarity reference), and a few new breast-ultrasound image + mask pairs (bundled PIG guider)."""
+    from napari_medgen.pipelines.paired_generation import generate_pairs
+    from napari_medgen.pipelines.slice_generation import generate_from_labels
+
+    labels = brats_labels_around(brain, tumour)
+    rows = np.flatnonzero((np.isin(labels.array, (1, 2, 4))).reshape(labels.shape[0], -1).any(1))
+    z0, z1 = max(0, int(rows[0]) - 4), min(labels.shape[0], int(rows[-1]) + 5)
+    labels_slab, brain_slab = _slab(labels, z0, z1), _slab(brain, z0, z1)
+    t0 = time.perf_counter()
+    synthetic = generate_from_labels(labels_slab, reference=brain_slab, **DEMO_SEG2IMG)
+    seconds = time.perf_counter() - t0
+    io.write_volume(labels_slab, out / "seg2img_labels.nii.gz")
+    io.write_volume(synthetic, out / "seg2img_flair.nii.gz")
+    save_montage(out / "seg2img_montage.png", synthetic, labels_slab.as_labels(
+        np.where(np.isin(labels_slab.array, (1, 2, 4)), labels_slab.array, 0)))
+    outputs.extend(["seg2img_labels.nii.gz", "seg2img_flair.nii.gz", "seg2img_montage.png"])
+
+    t0 = time.perf_counter()
+    pairs = generate_pairs(**DEMO_PAIRS)
+    pair_seconds = time.perf_counter() - t0
+    _save_pairs_sheet(out / "paired_busi.png", pairs)
+    outputs.append("paired_busi.png")
+    return {
+        "seg2img": {"model": "seg2img-brain", "slices": int(z1 - z0), "grid_identical": synthetic.same_grid(
+            labels_slab), **DEMO_SEG2IMG, "seconds": round(seconds, 3)},
+        "paired": {"guider": "busi-paired-guider", **DEMO_PAIRS, "pairs_with_a_lesion": int(sum(
+            bool(m.array.any()) for _, m in pairs)), "seconds": round(pair_seconds, 3)},
     }
+
+
+def _save_pairs_sheet(path: Path, pairs: list[tuple[Volume, LabelMap]]) -> None:
+    """One PNG: the generated images on top, the same images with their mask outline (red) below."""
+    from PIL import Image
+    from scipy import ndimage
+
+    tiles_top, tiles_bottom = [], []
+    for image, mask in pairs:
+        grey = (np.clip(image.array[0], 0, 1) * 255).astype(np.uint8)
+        rgb = np.stack([grey] * 3, axis=-1)
+        m = mask.array[0] > 0
+        edge = m & ~ndimage.binary_erosion(m)
+        outlined = rgb.copy()
+        outlined[edge] = (255, 40, 40)
+        tiles_top.append(rgb)
+        tiles_bottom.append(outlined)
+    sheet = np.concatenate([np.concatenate(tiles_top, 1), np.concatenate(tiles_bottom, 1)], 0)
+    img = Image.fromarray(sheet).resize((sheet.shape[1] * 3, sheet.shape[0] * 3), Image.NEAREST)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    img.save(tmp)
+    tmp.replace(path)
 
 
 def run_demo(out_dir: str | Path) -> Job[dict[str, Any]]:
@@ -63,7 +149,7 @@ def run_demo(out_dir: str | Path) -> Job[dict[str, Any]]:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    total = 8
+    total = 9
     timings: dict[str, float] = {}
     checks: list[dict[str, Any]] = []
     outputs: list[str] = []
@@ -102,11 +188,14 @@ def run_demo(out_dir: str | Path) -> Job[dict[str, Any]]:
     outputs.append("phantom_montage.png")
 
     yield ProgressEvent(6, total, "demo", "generating a tumour shape in the brain (shape GAN)")
-    shape_report = _shape_demo(brain, out, outputs)
-    yield ProgressEvent(7, total, "demo", "writing the report")
+    shape_report, placed = _shape_demo(brain, out, outputs)
+    yield ProgressEvent(7, total, "demo", "images from labels around the tumour (seg2img) and paired generation")
+    diffusion_report = _slice_diffusion_demo(brain, placed, out, outputs)
+    yield ProgressEvent(8, total, "demo", "writing the report")
 
     report = {
         "shape_generation": shape_report,
+        "slice_diffusion": diffusion_report,
         "samples": {
             "mni152_t1": brain.geometry(),
             "phantom": phantom.geometry(),
