@@ -1,6 +1,10 @@
 """How well does the shape generator meet requested shape features? (issue 4 acceptance check)
 
-    python benchmarks/shape_gan.py [--model shape-gan-lesion] [--out benchmarks/results/shape_gan.json]
+    python benchmarks/shape_gan.py [--model shape-gan-lesion] [--candidates 16 1]
+                                   [--out benchmarks/results/shape_gan.json]
+
+Everything runs once per ``--candidates`` value (best-of-N selection in `generate_shape`); the first value
+is the headline result, the others are stored under ``comparison`` (e.g. ``candidates=1``, a single draw).
 
 1. A grid of requests (volume x sphericity, volume x elongation, volume x flatness, maximum diameter alone)
    is generated with `generate_shape` at 1 mm and re-measured with our radiomics engine; Pearson and
@@ -10,7 +14,8 @@
    augmented exactly like the training data (rotation, scale, deformation) and the features of each
    variant are requested (volume, sphericity, elongation, flatness, maximum diameter together).
 3. Diversity: mean pairwise Dice between masks of different seeds at equal requested features
-   (masks are centred on their centroids, so this measures shape, not position, differences).
+   (masks are centred on their centroids, so this measures shape, not position, differences). Each seed
+   draws its own set of candidates, so selection can make seeds agree more, which this measures.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from napari_medgen.errors import MedGenError  # noqa: E402
-from napari_medgen.pipelines.shape_generation import generate_shape  # noqa: E402
+from napari_medgen.pipelines.shape_generation import DEFAULT_CANDIDATES, generate_shape  # noqa: E402
 from napari_medgen.training.tasks.shape_gan import (  # noqa: E402
     ShapeGanDataConfig,
     _augment,
@@ -72,15 +77,16 @@ def heldout_requests(data_root: Path, count: int) -> list[dict[str, float]]:
     return out
 
 
-def measure(request: dict[str, float], model: str, seed: int) -> dict[str, float] | None:
+def measure(request: dict[str, float], model: str, seed: int, candidates: int) -> dict[str, float] | None:
     """Measured features of the generated mask; None when the model failed (an empty mask), which is counted."""
     try:
-        labels = generate_shape(request, seed=seed, model=model)
+        labels = generate_shape(request, seed=seed, model=model, candidates=candidates)
     except MedGenError:
         return None
     feats = shape_features_of(labels.array > 0, labels.spacing)
     out = {k: float(feats[k]) for k in FEATURES}
     out["raw_model_volume"] = float(labels.metadata["model_volume_mm3"])
+    out["chosen_candidate"] = float(labels.metadata["chosen_candidate"])
     return out
 
 
@@ -122,14 +128,14 @@ def _centred_pad(arrays: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def diversity(model: str, seeds: int) -> dict[str, float]:
+def diversity(model: str, seeds: int, candidates: int) -> dict[str, float]:
     scores = []
     for request in ({"VoxelVolume": 3000.0}, {"VoxelVolume": 8000.0, "Sphericity": 0.7},
                     {"VoxelVolume": 15000.0, "Elongation": 0.6}, {"VoxelVolume": 5000.0, "Flatness": 0.45}):
         made = []
         for s in range(seeds):
             try:
-                made.append(generate_shape(request, seed=s, model=model).array > 0)
+                made.append(generate_shape(request, seed=s, model=model, candidates=candidates).array > 0)
             except MedGenError:
                 continue
         masks = _centred_pad(made) if made else []
@@ -141,50 +147,46 @@ def diversity(model: str, seeds: int) -> dict[str, float]:
             "pairs": len(scores)}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="shape-gan-lesion")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    parser.add_argument("--heldout", type=int, default=24, help="requests drawn from the held-out tumour")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per request for the diversity check")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shape_gan.json"))
-    args = parser.parse_args()
+def chosen_summary(rows: list[tuple[dict[str, float], dict[str, float]]]) -> dict[str, float]:
+    """How often the first draw was kept (it is the ``candidates=1`` mask) and the mean chosen index."""
+    chosen = np.asarray([got["chosen_candidate"] for _, got in rows])
+    return {"first_draw_kept": float(np.mean(chosen == 0)), "mean_chosen_index": float(np.mean(chosen))}
 
+
+def run(model: str, candidates: int, data_root: Path, heldout: int, seeds: int) -> dict:
+    """All three checks with ``candidates`` noise vectors per mask."""
     start = time.perf_counter()
     grid = grid_requests()
-    grid_all = [(req, measure(req, args.model, seed=i)) for i, req in enumerate(grid)]
+    grid_all = [(req, measure(req, model, seed=i, candidates=candidates)) for i, req in enumerate(grid)]
     t_grid = time.perf_counter() - start
     grid_rows = [(req, got) for req, got in grid_all if got is not None]
-    data_root = Path(args.data)
     held_rows: list = []
     held_failed = 0
     if (data_root / "kits19_labels_only").is_dir():
-        held_all = [(req, measure(req, args.model, seed=i))
-                    for i, req in enumerate(heldout_requests(data_root, args.heldout))]
+        held_all = [(req, measure(req, model, seed=i, candidates=candidates))
+                    for i, req in enumerate(heldout_requests(data_root, heldout))]
         held_rows = [(req, got) for req, got in held_all if got is not None]
         held_failed = len(held_all) - len(held_rows)
-    div = diversity(args.model, args.seeds)
-    result = {
-        "model": args.model,
-        "machine": f"{platform.machine()}, {platform.python_version()}",
-        "masks_generated": len(grid_all) + len(held_rows) + held_failed + 4 * args.seeds,
+    div = diversity(model, seeds, candidates)
+    return {
+        "candidates": candidates,
+        "masks_generated": len(grid_all) + len(held_rows) + held_failed + 4 * seeds,
         "seconds_per_mask_grid": t_grid / len(grid_all),
         "grid": {"requests": len(grid_all), "failed (empty mask)": len(grid_all) - len(grid_rows),
-                 "features": correlations(grid_rows), **volume_errors(grid_rows)},
+                 "features": correlations(grid_rows), **volume_errors(grid_rows),
+                 "selection": chosen_summary(grid_rows)},
         "heldout_kits19_case_00004": (
             {"requests": len(held_rows) + held_failed, "failed (empty mask)": held_failed,
-             "features": correlations(held_rows), **volume_errors(held_rows)}
+             "features": correlations(held_rows), **volume_errors(held_rows),
+             "selection": chosen_summary(held_rows)}
             if held_rows else None
         ),
         "diversity": div,
-        "targets": {"pearson": 0.93, "spearman": 0.94, "median_rel_volume_error": 0.10, "mean_pairwise_dice": 0.8},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out)
 
+
+def report(result: dict) -> None:
+    print(f"\n===== candidates = {result['candidates']} =====")
     for title, block in (("grid", result["grid"]), ("held-out KiTS19 tumour", result["heldout_kits19_case_00004"])):
         if not block:
             continue
@@ -194,9 +196,40 @@ def main() -> int:
             print(f"{name:<20} {row['n']:>4} {row['pearson']:>8.3f} {row['spearman']:>9.3f} "
                   f"{row['median_rel_error']:>12.3f}")
         print(f"median relative volume error: {block['median_rel_volume_error']:.3f} "
-              f"(raw model, before volume matching: {block['median_rel_volume_error_raw_model']:.3f})")
+              f"(raw model, before volume matching: {block['median_rel_volume_error_raw_model']:.3f}); "
+              f"first draw kept in {100 * block['selection']['first_draw_kept']:.0f} %")
+    div = result["diversity"]
     print(f"\ndiversity: mean pairwise Dice {div['mean_pairwise_dice']:.3f} over {div['pairs']} pairs "
           f"(max {div['max_pairwise_dice']:.3f}); {result['seconds_per_mask_grid']:.2f} s per mask")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="shape-gan-lesion")
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--heldout", type=int, default=24, help="requests drawn from the held-out tumour")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per request for the diversity check")
+    parser.add_argument("--candidates", type=int, nargs="+", default=[DEFAULT_CANDIDATES, 1],
+                        help="noise vectors per mask (best of N); the first value is the headline result")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shape_gan.json"))
+    args = parser.parse_args()
+
+    runs = []
+    for candidates in args.candidates:
+        runs.append(run(args.model, candidates, Path(args.data), args.heldout, args.seeds))
+        report(runs[-1])
+    result = {
+        "model": args.model,
+        "machine": f"{platform.machine()}, {platform.python_version()}",
+        **runs[0],
+        "comparison": {f"candidates={r['candidates']}": r for r in runs[1:]},
+        "targets": {"pearson": 0.93, "spearman": 0.94, "median_rel_volume_error": 0.10, "mean_pairwise_dice": 0.8},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out)
     print(f"wrote {out}")
     return 0
 

@@ -253,6 +253,9 @@ def shape(
     spacing: Annotated[str, typer.Option("--spacing", help="Output voxel size SX,SY,SZ in mm.")] = "1,1,1",
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same mask).")] = 0,
     model: Annotated[str | None, typer.Option("--model", help="Bundled model name or checkpoint folder.")] = None,
+    candidates: Annotated[int | None, typer.Option(
+        "--candidates", help="Noise draws tried; the one matching the request best is kept (default 16; 1 = one draw)."
+    )] = None,
     reference: Annotated[Path | None, typer.Option(
         "--reference", help="Place the mask into this image's grid (needs --center-mm)."
     )] = None,
@@ -260,12 +263,18 @@ def shape(
 ) -> None:
     """Generate a tumour mask with requested shape features (volume, sphericity, ...)."""
     from napari_medgen.core import io
-    from napari_medgen.pipelines.shape_generation import DEFAULT_MODEL, generate_shape, place_shape
+    from napari_medgen.pipelines.shape_generation import (
+        DEFAULT_CANDIDATES,
+        DEFAULT_MODEL,
+        generate_shape,
+        place_shape,
+    )
 
     try:
         features = _feature_settings(set_)
         mask = generate_shape(features or None, preset=preset, spacing=_floats(spacing, "--spacing"), seed=seed,
-                              model=model or DEFAULT_MODEL)
+                              model=model or DEFAULT_MODEL,
+                              candidates=DEFAULT_CANDIDATES if candidates is None else candidates)
         if reference is not None or center_mm is not None:
             if reference is None or center_mm is None:
                 raise MedGenError("--reference and --center-mm go together: the image grid and the point in it.")

@@ -9,6 +9,11 @@ as one multivariate Gaussian stored with the weights, and missing features take 
 mean given the known ones (``mu_u + S_uk S_kk^-1 (x_k - mu_k)``). So asking only for a large volume
 also gets a matching surface area and diameters, and the seed changes only the GAN's noise.
 
+**Best of N** (``candidates``, default `DEFAULT_CANDIDATES`): the seed gives N noise vectors (the first is
+the single draw of ``candidates=1``), the generator runs on all of them in one batch, each candidate's fine
+mask is measured with the batched radiomics engine, and the candidate whose requested features are closest
+(sum of absolute log-ratios, size features after the volume matching each candidate would get) is kept.
+
 The generator works on a fixed physical field of view (e.g. 32^3 voxels of 2 mm). Its probabilities
 are smoothed in logit space and sampled trilinearly on the requested output grid (any, also
 anisotropic, spacing) and thresholded at 0.5, so masks stay smooth at every spacing. With
@@ -51,6 +56,16 @@ USER_FEATURES: dict[str, str] = {
     "Maximum3DDiameter": "mm",
 }
 _RATIOS = ("Sphericity", "Elongation", "Flatness")
+#: how each conditioning feature changes when the shape is scaled by s: value * s**power
+_SCALE_POWER: dict[str, int] = {
+    "VoxelVolume": 3, "MeshVolume": 3, "SurfaceArea": 2, "SurfaceVolumeRatio": -1, "Maximum3DDiameter": 1,
+    "MajorAxisLength": 1, "MinorAxisLength": 1, "LeastAxisLength": 1, "Sphericity": 0, "Elongation": 0,
+    "Flatness": 0,
+}
+#: noise vectors tried per mask by default (best-of-N selection, see `generate_shape`)
+DEFAULT_CANDIDATES = 16
+#: volume matching never scales by more than this factor (or less than its inverse)
+_MAX_SCALE = 2.0
 _POSITIVE = ("VoxelVolume", "MeshVolume", "SurfaceArea", "SurfaceVolumeRatio", "Maximum3DDiameter",
              "MajorAxisLength", "MinorAxisLength", "LeastAxisLength")
 
@@ -260,6 +275,55 @@ def _axis_points(n: int, spacing: float) -> np.ndarray:
     return (np.arange(n) - (n - 1) / 2.0) * spacing
 
 
+def _candidate_count(candidates: int) -> int:
+    if not isinstance(candidates, int | np.integer) or isinstance(candidates, bool) or candidates < 1:
+        raise InvalidInputError(
+            f"candidates must be a whole number >= 1 (1 = a single draw, {DEFAULT_CANDIDATES} = the default "
+            f"best-of-{DEFAULT_CANDIDATES}); got {candidates!r}."
+        )
+    return int(candidates)
+
+
+def _noise(seed: int, count: int, z_dim: int) -> torch.Tensor:
+    """``count`` noise vectors from ``seed``; the first is the single draw of ``candidates=1``."""
+    import torch
+
+    generator = torch.Generator().manual_seed(int(seed) % (2**63))
+    first = torch.randn(1, z_dim, generator=generator)
+    if count == 1:
+        return first
+    return torch.cat([first, torch.randn(count - 1, z_dim, generator=generator)])
+
+
+def _volume_log_scales(volumes: np.ndarray, target_volume: float | None) -> np.ndarray:
+    """log of the isotropic volume-matching factor of each candidate (0 without a target), clipped."""
+    if target_volume is None:
+        return np.zeros(len(volumes))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        raw = (math.log(target_volume) - np.log(volumes)) / 3.0
+    return np.clip(np.nan_to_num(raw, nan=0.0), -math.log(_MAX_SCALE), math.log(_MAX_SCALE))
+
+
+def match_errors(
+    request: Mapping[str, float], measured: Mapping[str, np.ndarray], log_scales: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per requested feature, |log(measured after scaling / requested)| of each candidate ((N,) arrays).
+
+    ``log_scales`` are the log volume-matching factors the candidates would get: a length scales by s, an
+    area by s^2, a volume by s^3, the surface-to-volume ratio by 1/s; sphericity, elongation and flatness do
+    not change. Candidates that could not be measured (empty masks) get an infinite error.
+    """
+    out: dict[str, np.ndarray] = {}
+    for name, value in request.items():
+        if name not in _SCALE_POWER or name not in measured:
+            continue
+        got = np.asarray(measured[name], dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            error = np.abs(np.log(got) + _SCALE_POWER[name] * log_scales - math.log(value))
+        out[name] = np.where(np.isfinite(error), error, np.inf)
+    return out
+
+
 def generate_shape(
     features: Mapping[str, float] | None = None,
     *,
@@ -270,22 +334,26 @@ def generate_shape(
     crop_size_mm: float | None = None,
     allow_multiple: bool = False,
     match_volume: bool = True,
+    candidates: int = DEFAULT_CANDIDATES,
 ) -> LabelMap:
     """A tumour mask with the requested shape features, centred at physical (0, 0, 0).
 
     ``features``: pyradiomics shape names -> values (mm3, mm, ratios); ``preset``: a name of `PRESETS`
     (``features`` override it). ``spacing``: output voxel size (x, y, z) in mm. ``crop_size_mm``: edge of
     the output box (default: the model's field of view, enlarged by the volume matching scale).
-    Same inputs and seed give the same mask. Labels: 1..C for the model's regions, inner first (metadata
-    ``label_names``).
+    ``candidates``: noise vectors tried (one generator batch); the one whose measured features best match
+    the request is kept (1 = a single draw, no selection). Same inputs and seed give the same mask. Labels:
+    1..C for the model's regions, inner first (metadata ``label_names``).
     """
     import torch
 
     from napari_medgen.models.shape_gan import ShapeGenerator, smooth_logits
+    from napari_medgen.radiomics.shape import shape_features_batch
 
     spacing_xyz = _spacing(spacing)
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
         raise InvalidInputError(f"seed must be an integer; got {seed!r}.")
+    count = _candidate_count(candidates)
     net = _load(model)
     extra = net.hub_extra
     base_spacing = float(extra["base_spacing_mm"])
@@ -296,33 +364,47 @@ def generate_shape(
         raise InvalidInputError(f"crop_size_mm must be a positive number of millimetres; got {crop_size_mm!r}.")
     vector, filled = fill_features(request, extra)
 
-    generator = torch.Generator().manual_seed(int(seed) % (2**63))
     with torch.no_grad():
-        cond = torch.as_tensor(vector, dtype=torch.float32)[None]
-        z = torch.randn(1, net.config["z_dim"], generator=generator)
+        z = _noise(int(seed), count, int(net.config["z_dim"]))
+        cond = torch.as_tensor(vector, dtype=torch.float32)[None].expand(count, -1)
         probs = ShapeGenerator.probabilities(net(z, cond))
         logits = smooth_logits(probs.double(), 0.5)
 
-    # volume of the model's own output, measured on a fine isotropic grid of the same field of view
-    hires = _axis_points(int(extra.get("hires_factor", 2)) * net.base_size, base_spacing / extra.get("hires_factor", 2))
+    # each candidate's output on a fine isotropic grid of the same field of view: its volume and features
+    factor = int(extra.get("hires_factor", 2))
+    hires = _axis_points(factor * net.base_size, base_spacing / factor)
     fine = np.stack(np.meshgrid(hires, hires, hires, indexing="ij"), axis=-1)
-    fine_mask = _postprocess(_sample_on_grid(logits, fine, base_spacing, 1.0) >= 0.0, allow_multiple)
-    fine_voxel = float(hires[1] - hires[0]) ** 3
-    generated_volume = float(fine_mask[-1].sum()) * fine_voxel
+    fine_step = float(hires[1] - hires[0])
+    fine_masks = np.stack([_postprocess(_sample_on_grid(logits[i:i + 1], fine, base_spacing, 1.0) >= 0.0,
+                                        allow_multiple) for i in range(count)])
+    volumes = np.count_nonzero(fine_masks[:, -1].reshape(count, -1), axis=1) * fine_step**3
+    target_volume = request.get("VoxelVolume", request.get("MeshVolume"))
+    log_scales = _volume_log_scales(volumes, target_volume if match_volume else None)
+    errors: dict[str, np.ndarray] = {}
+    if request:  # all candidates measured in one call (also a single one, for the metadata)
+        measured = shape_features_batch(fine_masks[:, -1], (fine_step,) * 3)
+        errors = match_errors(request, measured, log_scales)
+    totals = np.sum(list(errors.values()), axis=0) if errors else np.zeros(count)
+    totals = np.where(volumes > 0, totals, np.inf)
+    # differences below 1e-9 (float noise of the volume residual) are ties, kept by the lowest index; with
+    # nothing to match beyond the volume every candidate ties and the first draw is kept
+    chosen = int(np.argmin(np.round(totals, 9)))
+    fine_mask = fine_masks[chosen]
+    generated_volume = float(volumes[chosen])
     if generated_volume <= 0:
         raise MedGenError(
             "The shape model produced an empty mask for this request; try another seed or less extreme features "
             f"(requested {request})."
         )
-    target_volume = request.get("VoxelVolume", request.get("MeshVolume"))
+    logits = logits[chosen:chosen + 1]
     scale = 1.0
     if match_volume and target_volume is not None:
-        scale = float(np.clip((target_volume / generated_volume) ** (1.0 / 3.0), 0.5, 2.0))
+        scale = float(np.clip((target_volume / generated_volume) ** (1.0 / 3.0), 1.0 / _MAX_SCALE, _MAX_SCALE))
 
     # centre the output on the tumour's centroid; the default box is a cube just around the tumour
     inside = np.argwhere(fine_mask[-1])
     centroid_zyx = hires[inside].mean(axis=0)
-    reach = float(np.abs(hires[inside] - centroid_zyx).max() + (hires[1] - hires[0]) / 2.0) * scale
+    reach = float(np.abs(hires[inside] - centroid_zyx).max() + fine_step / 2.0) * scale
     if crop_size_mm is not None:
         extent = float(crop_size_mm)
         if extent < 2.0 * reach:
@@ -349,6 +431,12 @@ def generate_shape(
         "conditioning_features": filled,
         "model_volume_mm3": generated_volume,
         "volume_scale": scale,
+        "candidates": count,
+        "chosen_candidate": chosen,
+        # |log(measured / requested)| of the kept candidate per requested feature (after volume matching)
+        "match_errors": {name: float(err[chosen]) for name, err in errors.items()},
+        # summed error of every candidate (None: empty mask), in noise-draw order
+        "candidate_match_errors": [float(t) if math.isfinite(t) else None for t in totals],
         "label_names": {str(i + 1): name for i, name in enumerate(extra["regions"])},
     }
     return LabelMap(_label_of(channels), spacing_xyz, origin, metadata=metadata)

@@ -132,3 +132,106 @@ def test_place_shape_on_an_oblique_reference(round_8cc: LabelMap) -> None:
         place_shape(round_8cc, reference, (1000.0, 0.0, 0.0))
     with pytest.raises(InvalidInputError, match="three numbers"):
         place_shape(round_8cc, reference, (1.0, 2.0))
+
+
+# ---- best-of-N candidate selection --------------------------------------------------------------------
+def test_single_candidate_is_the_previous_single_draw() -> None:
+    """candidates=1 is the pre-selection behaviour: numbers pinned from the single-draw implementation."""
+    labels = generate_shape({"VoxelVolume": 8000.0, "Sphericity": 0.7}, seed=3, spacing=1.5, model=MODEL,
+                            candidates=1)
+    again = generate_shape({"VoxelVolume": 8000.0, "Sphericity": 0.7}, seed=3, spacing=1.5, model=MODEL,
+                           candidates=1)
+    assert np.array_equal(labels.array, again.array)
+    assert labels.metadata["candidates"] == 1 and labels.metadata["chosen_candidate"] == 0
+    if MODEL == "shape-gan-lesion":
+        assert labels.shape == (35, 35, 35)
+        assert labels.metadata["model_volume_mm3"] == pytest.approx(6863.0, abs=8.0)
+        assert int((labels.array > 0).sum()) == pytest.approx(2373, abs=5)
+    # the first of N candidates is that same draw (same noise; the batch changes only float rounding)
+    many = generate_shape({"VoxelVolume": 8000.0, "Sphericity": 0.7}, seed=3, spacing=1.5, model=MODEL,
+                          candidates=4)
+    single_error = sum(labels.metadata["match_errors"].values())
+    assert many.metadata["candidate_match_errors"][0] == pytest.approx(single_error, abs=1e-6)
+    assert labels.metadata["candidate_match_errors"] == [pytest.approx(single_error)]
+
+
+def test_noise_draws_extend_the_single_draw() -> None:
+    import torch
+
+    single = torch.randn(1, 64, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(shape_generation._noise(5, 1, 64), single)
+    four = shape_generation._noise(5, 4, 64)
+    assert four.shape == (4, 64) and torch.equal(four[:1], single)
+    assert torch.equal(shape_generation._noise(5, 8, 64)[:4], four)  # more candidates only add draws
+    assert not torch.equal(shape_generation._noise(6, 4, 64)[1:], four[1:])  # another seed, another set
+
+
+def test_best_of_n_is_deterministic_and_improves_the_match() -> None:
+    request = {"VoxelVolume": 8000.0, "Elongation": 0.5}
+    first = generate_shape(request, seed=1, model=MODEL, candidates=8)
+    second = generate_shape(request, seed=1, model=MODEL, candidates=8)
+    assert np.array_equal(first.array, second.array) and first.metadata == second.metadata
+    meta = first.metadata
+    totals = meta["candidate_match_errors"]
+    assert len(totals) == 8 and meta["candidates"] == 8
+    chosen = meta["chosen_candidate"]
+    assert totals[chosen] == pytest.approx(min(t for t in totals if t is not None))
+    assert totals[chosen] == pytest.approx(sum(meta["match_errors"].values()))
+    assert set(meta["match_errors"]) == {"VoxelVolume", "Elongation"}
+    assert meta["match_errors"]["VoxelVolume"] == pytest.approx(0.0, abs=1e-9)  # matched by scaling
+    if MODEL == "shape-gan-lesion":
+        assert chosen != 0 and totals[chosen] < totals[0] - 0.05
+    # the reported error is the truth about the returned mask (re-measured at 1 mm, after volume matching)
+    from napari_medgen.radiomics.shape import shape_features
+
+    got = shape_features(first.array > 0, first.spacing)
+    assert abs(np.log(got["Elongation"] / 0.5)) == pytest.approx(meta["match_errors"]["Elongation"], abs=0.05)
+    other = generate_shape(request, seed=2, model=MODEL, candidates=8)
+    assert not np.array_equal(other.array, first.array)
+
+
+def test_volume_only_request_keeps_the_first_draw() -> None:
+    labels = generate_shape({"VoxelVolume": 5000.0}, seed=2, spacing=2.0, model=MODEL, candidates=4)
+    assert labels.metadata["chosen_candidate"] == 0
+    assert labels.metadata["candidate_match_errors"] == [pytest.approx(0.0, abs=1e-9)] * 4
+
+
+def test_match_errors_account_for_the_volume_matching_scale() -> None:
+    from napari_medgen.pipelines.shape_generation import match_errors
+
+    measured = {"Maximum3DDiameter": np.array([10.0, 20.0]), "SurfaceArea": np.array([100.0, 100.0]),
+                "SurfaceVolumeRatio": np.array([1.0, 1.0]), "Sphericity": np.array([0.6, np.nan])}
+    request = {"Maximum3DDiameter": 20.0, "SurfaceArea": 400.0, "SurfaceVolumeRatio": 0.5, "Sphericity": 0.6}
+    errors = match_errors(request, measured, np.log([2.0, 1.0]))  # candidate 0 would be scaled by 2
+    np.testing.assert_allclose([errors[k][0] for k in request], 0.0, atol=1e-12)
+    np.testing.assert_allclose(errors["Maximum3DDiameter"][1], 0.0, atol=1e-12)
+    np.testing.assert_allclose(errors["SurfaceArea"][1], np.log(4.0))
+    np.testing.assert_allclose(errors["SurfaceVolumeRatio"][1], np.log(2.0))
+    assert errors["Sphericity"][1] == np.inf  # an unmeasurable candidate never wins
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "8", True, None])
+def test_bad_candidates(bad: object) -> None:
+    with pytest.raises(InvalidInputError, match="candidates must be a whole number >= 1"):
+        generate_shape({"VoxelVolume": 5000.0}, model=MODEL, candidates=bad)  # type: ignore[arg-type]
+
+
+def test_cli_shape_candidates(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from napari_medgen.cli import app
+    from napari_medgen.core import io
+
+    runner = CliRunner()
+    out = tmp_path / "tumour.nii.gz"
+    args = ["shape", "--out", str(out), "--set", "VoxelVolume=3000", "--set", "Elongation=0.5", "--seed", "4",
+            "--spacing", "2,2,2", "--model", MODEL]
+    result = runner.invoke(app, [*args, "--candidates", "3"])
+    assert result.exit_code == 0, result.output
+    expected = generate_shape({"VoxelVolume": 3000.0, "Elongation": 0.5}, seed=4, spacing=2.0, model=MODEL,
+                              candidates=3)
+    assert np.array_equal(io.read_labels(out).array, expected.array)
+    bad = tmp_path / "bad.nii.gz"
+    result = runner.invoke(app, [*args[:2], str(bad), *args[3:], "--candidates", "0"])
+    assert result.exit_code == 2 and "candidates" in result.output and "Traceback" not in result.output
+    assert not bad.exists()
