@@ -8,8 +8,9 @@ The same segmenter on the real images of those masks is the ceiling. Brain: BRAT
 held-out patient of `configs/seg2img_brain_cpu.yaml`; whole-tumour and per-class Dice. Breast
 ultrasound: the BUSI test split of `configs/seg2img_busi_cpu.yaml`.
 
-Samplers side by side on the same slices: DPM-Solver++ 20 steps, DDIM 50, DDPM 1000 (time per slice
-and Dice). Seed 004 protocol (Table 2) at our scale: a segmenter trained on the real BUSI training
+Samplers side by side on the same slices: DPM-Solver++ 20 and 50 steps (SDE form), DDIM 50 (eta 1), DDPM
+1000, and the deterministic DDIM 50 / DPM-Solver++ 20 (eta 0) (time per slice and Dice).
+Seed 004 protocol (Table 2) at our scale: a segmenter trained on the real BUSI training
 images versus real + synthetic pairs from the paired sampler, both scored on the real test images.
 All segmenters are the same small MONAI U-Net with the same steps and seed; everything is 64x64.
 """
@@ -92,7 +93,7 @@ def scores(pred: np.ndarray, truth: np.ndarray, classes: list[int]) -> dict[str,
 
 
 def generate(model: str, labels: np.ndarray, *, sampler: str, steps: int, seed: int, drop: tuple[int, ...] = (),
-             batch: int = 32) -> tuple[np.ndarray, float]:
+             batch: int = 32, eta: float = 1.0) -> tuple[np.ndarray, float]:
     """Images in [-1, 1] for 64x64 label slices; seconds per slice."""
     net = load_cached(model, expected_type="mask-diffusion")
     out = []
@@ -102,7 +103,7 @@ def generate(model: str, labels: np.ndarray, *, sampler: str, steps: int, seed: 
         g = torch.Generator().manual_seed(seed * 1000 + i)
         noise = torch.randn((len(lab), 1, *net.image_size), generator=g)
         job = sample_mask_guided(net, encode_mask(lab, net.class_values, drop), noise, sampler=sampler, steps=steps,
-                                 generator=g)
+                                 generator=g, eta=eta)
         try:
             while True:
                 next(job)
@@ -157,11 +158,12 @@ def main() -> int:
     # samplers side by side on the same slices (largest tumours first, so every class is present)
     order = np.argsort(-(tumour > 0).reshape(len(tumour), -1).sum(1))[: args.sampler_slices]
     samplers = {}
-    for sampler, steps in (("dpmpp", 20), ("ddim", 50), ("ddpm", args.ddpm_steps)):
-        images, per_slice = generate(args.brain_model, te_lab[order], sampler=sampler, steps=steps, seed=2)
-        samplers[f"{sampler} {steps}"] = {**scores(segment(brain_seg, images), tumour[order], classes),
-                                          "seconds_per_slice": per_slice}
-        print(sampler, samplers[f"{sampler} {steps}"], flush=True)
+    for sampler, steps, eta in (("dpmpp", 20, 1.0), ("dpmpp", 50, 1.0), ("ddim", 50, 1.0), ("ddim", 50, 0.0),
+                                ("dpmpp", 20, 0.0), ("ddpm", args.ddpm_steps, 1.0)):
+        images, per_slice = generate(args.brain_model, te_lab[order], sampler=sampler, steps=steps, seed=2, eta=eta)
+        name = f"{sampler} {steps}" + (" (deterministic)" if eta == 0 else "")
+        samplers[name] = {**scores(segment(brain_seg, images), tumour[order], classes), "seconds_per_slice": per_slice}
+        print(name, samplers[name], flush=True)
     samplers["real images (ceiling)"] = scores(segment(brain_seg, te_img[order]), tumour[order], classes)
     brain["samplers"] = {"slices": int(len(order)), **samplers}
     result["brain_flair"] = brain

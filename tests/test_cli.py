@@ -76,6 +76,12 @@ def test_demo_writes_outputs_and_exact_round_trips(tmp_path: Path) -> None:
     brain = io.read_volume(out / "mni152_t1.nii.gz")
     assert brain.shape == (189, 233, 197)
     assert brain.spacing == (1.0, 1.0, 1.0)
+    # seg2img output lies on its labels' grid (a slab of the brain grid), and the paired sampler made its pairs
+    assert report["slice_diffusion"]["seg2img"]["grid_identical"] is True
+    labels, synthetic = io.read_labels(out / "seg2img_labels.nii.gz"), io.read_volume(out / "seg2img_flair.nii.gz")
+    assert synthetic.same_grid(labels) and synthetic.spacing == brain.spacing
+    assert set(np.unique(labels.array)) <= {0, 1, 2, 4, 5} and {2, 4, 5} <= set(np.unique(labels.array))
+    assert report["slice_diffusion"]["paired"]["n"] == 8
 
 
 def _phantom_files(tmp_path: Path) -> tuple[Path, Path]:

@@ -1,8 +1,8 @@
 """Samplers for our 2D diffusion models: diffusers schedulers rebuilt from the model's training schedule.
 
 Every model stores its training noise schedule, so a sampler is chosen at run time without retraining:
-``ddpm`` (ancestral, as trained; slow), ``ddim`` (deterministic, eta 0; SegGuidedDiff and PIG use it) or
-``dpmpp`` (DPM-Solver++ 2M; good images in ~20 steps). The mask-guided loop also implements the
+``ddpm`` (ancestral, as trained; slow), ``ddim`` (skip-step DDIM; eta `DDIM_ETA`) or ``dpmpp``
+(DPM-Solver++ 2M in its SDE form, stochastic; good images in 20-50 steps). The mask-guided loop also implements the
 adjustable anatomical similarity of seed 002 (section 3.2.2): generation is halted at ``t~``, mixed
 with the real image noised to ``t~``, and denoised from there.
 """
@@ -18,11 +18,21 @@ from napari_medgen.core.progress import Job, ProgressEvent
 from napari_medgen.errors import InvalidInputError
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp")
+#: DDIM's eta. 0 is the deterministic DDIM of the papers; our CPU-trained models keep visible residual noise
+#: with deterministic sampling (their noise estimates at low noise are not yet exact), which the stochastic
+#: variants (eta 1, DDPM, SDE DPM-Solver++) wash out (docs/slice_diffusion.md, "Samplers").
+DDIM_ETA = 1.0
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpmpp": 20}
 
 
-def make_sampler(model: Any, name: str, steps: int) -> Any:
-    """A diffusers scheduler of kind ``name`` on ``model``'s training schedule, set to ``steps`` steps."""
+def make_sampler(model: Any, name: str, steps: int, clip: bool = True, stochastic: bool = True) -> Any:
+    """A diffusers scheduler of kind ``name`` on ``model``'s training schedule, set to ``steps`` steps.
+
+    ``clip``: keep every clean-sample estimate inside the data range [-1, 1] (diffusers' ``clip_sample``;
+    DPM-Solver++ through its thresholding with a maximum of 1). At high noise an epsilon-predicting network
+    turns tiny noise errors into huge x0 errors (divided by sqrt(abar_T) ~ 0.006); unclipped, small or
+    briefly trained models drift to all-black or saturated samples. ``stochastic``: DPM-Solver++ in its SDE form
+    (False: the ODE form, deterministic)."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
     if name not in SAMPLERS:
@@ -33,12 +43,15 @@ def make_sampler(model: Any, name: str, steps: int) -> Any:
     common = {"num_train_timesteps": total, "beta_schedule": model.config["beta_schedule"],
               "prediction_type": "epsilon"}
     if name == "ddpm":
-        scheduler = DDPMScheduler(**common, clip_sample=False, timestep_spacing="trailing")
+        scheduler = DDPMScheduler(**common, clip_sample=clip, clip_sample_range=1.0, timestep_spacing="trailing")
     elif name == "ddim":
-        scheduler = DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
+        scheduler = DDIMScheduler(**common, clip_sample=clip, clip_sample_range=1.0, set_alpha_to_one=True,
+                                  timestep_spacing="trailing")
     else:
-        scheduler = DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
-                                                timestep_spacing="trailing")
+        algorithm = "sde-dpmsolver++" if stochastic else "dpmsolver++"
+        scheduler = DPMSolverMultistepScheduler(**common, algorithm_type=algorithm, solver_order=2,
+                                                timestep_spacing="trailing", thresholding=clip,
+                                                sample_max_value=1.0)
     scheduler.set_timesteps(steps)
     return scheduler
 
@@ -57,9 +70,9 @@ def restart_solver(scheduler: Any) -> None:
         scheduler.lower_order_nums = 0
 
 
-def step_kwargs(name: str, generator: torch.Generator | None) -> dict[str, Any]:
-    """Extra arguments of ``scheduler.step`` (the stochastic samplers take our generator)."""
-    return {"generator": generator} if name in ("ddpm", "dpmpp") else {"eta": 0.0}
+def step_kwargs(name: str, generator: torch.Generator | None, eta: float = DDIM_ETA) -> dict[str, Any]:
+    """Extra arguments of ``scheduler.step`` (every sampler here is stochastic and takes our generator)."""
+    return {"generator": generator, "eta": float(eta)} if name == "ddim" else {"generator": generator}
 
 
 def sample_mask_guided(
@@ -74,6 +87,7 @@ def sample_mask_guided(
     similarity: float = 0.0,
     mix_at: float = 0.24,
     stage: str = "sampling",
+    eta: float = DDIM_ETA,
     on_step: Callable[[int], None] | None = None,
 ) -> Job[torch.Tensor]:
     """Denoise ``noise`` (B, C, H, W) under the mask ``code`` (B, K, H, W); yields one event per step,
@@ -90,14 +104,16 @@ def sample_mask_guided(
         raise InvalidInputError("similarity > 0 needs a reference image to be similar to.")
     if not 0.0 < mix_at < 1.0:
         raise InvalidInputError(f"mix_at must be in (0, 1) (a fraction of the schedule); got {mix_at}.")
-    scheduler = make_sampler(model, sampler, steps)
+    if not 0.0 <= eta <= 1.0:
+        raise InvalidInputError(f"eta must be in [0, 1] (0: deterministic sampling); got {eta}.")
+    scheduler = make_sampler(model, sampler, steps, stochastic=eta > 0)
     device = next(model.parameters()).device
     x = noise.to(device) * scheduler.init_noise_sigma
     code = code.to(device)
     timesteps = list(scheduler.timesteps)
     t_mix = mix_at * (model.config["num_train_timesteps"] - 1)
     mix_index = next((i for i, t in enumerate(timesteps) if float(t) <= t_mix), len(timesteps) - 1)
-    kwargs = step_kwargs(sampler, generator)
+    kwargs = step_kwargs(sampler, generator, eta)
     with torch.no_grad():
         for i, t in enumerate(timesteps):
             if similarity > 0 and i == mix_index:

@@ -51,6 +51,7 @@ def generate_pairs_job(
     smooth: int = 3,
     batch_size: int = 8,
     spacing: tuple[float, float] = (1.0, 1.0),
+    eta: float = 1.0,
 ) -> Job[list[tuple[Volume, LabelMap]]]:
     """Job form of `generate_pairs`: one event per lock-step of each batch."""
     import torch
@@ -66,6 +67,8 @@ def generate_pairs_job(
         raise InvalidInputError(f"batch_size must be a positive integer; got {batch_size!r}.")
     if seed < 0:
         raise InvalidInputError(f"seed must be 0 or a positive integer; got {seed}.")
+    if not 0.0 <= eta <= 1.0:
+        raise InvalidInputError(f"eta must be in [0, 1] (0: deterministic sampling); got {eta}.")
     if smooth < 1 or smooth % 2 == 0:
         raise InvalidInputError(f"smooth (binarisation window) must be an odd number >= 1; got {smooth}.")
     if len(spacing) != 2 or min(float(s) for s in spacing) <= 0:
@@ -84,8 +87,9 @@ def generate_pairs_job(
         x = torch.stack([torch.randn((k, *size), generator=g) for g in starts])
         y = torch.stack([torch.randn((c, *size), generator=g) for g in starts])
         generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + rows[0] + 7)
-        sx, sy = make_sampler(x_net, sampler, int(steps)), make_sampler(y_net, sampler, int(steps))
-        kwargs = step_kwargs(sampler, generator)
+        sx = make_sampler(x_net, sampler, int(steps), stochastic=eta > 0)
+        sy = make_sampler(y_net, sampler, int(steps), stochastic=eta > 0)
+        kwargs = step_kwargs(sampler, generator, eta)
         mask = torch.zeros((len(rows), *size), dtype=torch.int64)
         with torch.no_grad():
             for t in sx.timesteps:
@@ -100,7 +104,8 @@ def generate_pairs_job(
         images = ((y.clamp(-1, 1) + 1) / 2).numpy().astype(np.float32)
         for i in range(len(rows)):
             meta = {"generated_by": "napari-medgen paired", "guider": str(guider), "seed": int(seed),
-                    "index": rows[i], "sampler": sampler, "steps": int(steps), "units": "normalised [0, 1]"}
+                    "index": rows[i], "sampler": sampler, "steps": int(steps), "eta": float(eta),
+                    "units": "normalised [0, 1]"}
             sp = (float(spacing[0]), float(spacing[1]), 1.0)
             image = Volume(images[i][0][None], spacing=sp, metadata=meta)
             pairs.append((image, LabelMap(final_mask[i].numpy().astype(np.uint8)[None], spacing=sp, metadata=meta)))

@@ -117,6 +117,7 @@ def generate_from_labels_job(
     correlation: float = 0.9,
     skip_empty: bool = True,
     batch_size: int = 16,
+    eta: float = 1.0,
 ) -> Job[Volume]:
     """Job form of `generate_from_labels`: yields one event per sampling step of each slice batch."""
     import torch
@@ -157,7 +158,7 @@ def generate_from_labels_job(
         generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + rows[0])
         job = sample_mask_guided(
             net, code, torch.from_numpy(start_noise[rows]), sampler=sampler, steps=int(steps),
-            generator=generator, similarity=float(similarity), mix_at=mix_at,
+            generator=generator, similarity=float(similarity), mix_at=mix_at, eta=float(eta),
             reference=None if ref_small is None else torch.from_numpy(ref_small[rows][:, None]),
         )
         try:
@@ -175,7 +176,7 @@ def generate_from_labels_job(
     values = imap.inverse(unit).astype(np.float32) if imap is not None else unit
     metadata = {
         "generated_by": "napari-medgen seg2img", "model": str(model), "seed": int(seed), "sampler": sampler,
-        "steps": int(steps), "axis": int(axis), "dropped_classes": sorted(dropped), "noise": noise,
+        "steps": int(steps), "eta": float(eta), "axis": int(axis), "dropped_classes": sorted(dropped), "noise": noise,
         "similarity": float(similarity), "units": "reference intensities" if imap is not None else "normalised [0, 1]",
     }
     return Volume(values, labels.spacing, labels.origin, labels.direction, metadata)

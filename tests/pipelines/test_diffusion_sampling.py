@@ -16,6 +16,7 @@ from torch import nn
 from napari_medgen.core.progress import ProgressEvent, run_job
 from napari_medgen.errors import InvalidInputError
 from napari_medgen.pipelines.diffusion_sampling import (
+    DDIM_ETA,
     SAMPLERS,
     make_sampler,
     predict_x0,
@@ -145,7 +146,8 @@ def test_same_generator_same_sample(name: str) -> None:
 
 def test_step_kwargs() -> None:
     g = torch.Generator()
-    assert step_kwargs("ddim", g) == {"eta": 0.0}
+    assert step_kwargs("ddim", g) == {"eta": DDIM_ETA, "generator": g}
+    assert step_kwargs("ddim", g, eta=0.0)["eta"] == 0.0
     assert step_kwargs("dpmpp", g)["generator"] is g and step_kwargs("ddpm", g)["generator"] is g
 
 
@@ -193,8 +195,8 @@ def test_mixing_happens_at_the_first_timestep_below_mix_at(name: str) -> None:
 def test_dpmpp_restarts_after_mixing() -> None:
     """After the jump, DPM-Solver++ 2M must not extrapolate from the unmixed trajectory: from the same
     mixed point it must agree with DDIM (both solve the same ODE; here the data are Gaussian)."""
-    ddim = _sample(GaussianDenoiser(), "ddim", 20, reference=REFERENCE, similarity=1.0)
-    dpmpp = _sample(GaussianDenoiser(), "dpmpp", 20, reference=REFERENCE, similarity=1.0)
+    ddim = _sample(GaussianDenoiser(), "ddim", 20, reference=REFERENCE, similarity=1.0, eta=0.0)
+    dpmpp = _sample(GaussianDenoiser(), "dpmpp", 20, reference=REFERENCE, similarity=1.0, eta=0.0)
     assert _rms(ddim, dpmpp) < 0.03
 
 
