@@ -169,6 +169,7 @@ def main() -> int:
     result["brain_flair"] = brain
 
     # ---- breast ultrasound: faithfulness and paired augmentation -------------------------------------------
+    print(f"BUSI part starts at {time.time():.0f}", flush=True)
     busi_cfg = ROOT / "configs" / "seg2img_busi_cpu.yaml"
     b_tr_img, b_tr_lab = split_slices(busi_cfg, data, "train")
     b_te_img, b_te_lab = split_slices(busi_cfg, data, "test")
