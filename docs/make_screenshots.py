@@ -119,8 +119,16 @@ def generate_from_labels_screenshot(out: Path, data_dir: Path) -> Path:
     widget._labels.value = labels
     widget._reference.value = brain
     widget._similarity.value = DEMO_SEG2IMG["similarity"]
-    widget._add_layer(widget.generate())
+    widget._start()  # the dock's own worker path (progress bar, then the new layer)
+    import time
+
+    deadline = time.monotonic() + 900
+    while widget.last_layer is None and time.monotonic() < deadline:
+        _process_events(5)
+        time.sleep(0.2)
     brain.visible = False
+    viewer.layers.move(viewer.layers.index(labels), len(viewer.layers))  # label outlines over the result
+    labels.contour, labels.opacity = 1, 0.9
     viewer.layers.selection = {widget.last_layer}
     return _save_shot(viewer, tumour_layer_proxy(labels), out, (1500, 950))
 
@@ -147,8 +155,8 @@ def paired_generation_screenshot(out: Path, data_dir: Path) -> Path:
     widget._add_layers(generate_pairs(**widget.options()))
     image_layer, mask_layer = widget.last_layers
     mask_layer.opacity = 0.4
-    viewer.grid.enabled = False
     viewer.window._qt_window.resize(1300, 900)
+    _process_events(20)
     viewer.reset_view()
     viewer.dims.set_point(0, 0)
     _process_events(20)
