@@ -436,25 +436,6 @@ def _paired_outputs_only(folder: Path) -> bool:
     return all(entry.is_file() and pattern.fullmatch(entry.name) for entry in folder.iterdir())
 
 
-def _commit_folder(staged: Path, dest: Path) -> None:
-    """Move the finished folder into place; an existing ``dest`` is swapped out only once the new one is in."""
-    import os
-    import shutil
-    import uuid
-
-    if not dest.exists():
-        os.replace(staged, dest)
-        return
-    backup = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.old.medgen-tmp"
-    os.replace(dest, backup)
-    try:
-        os.replace(staged, dest)
-    except BaseException:
-        os.replace(backup, dest)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-
-
 @app.command()
 def paired(
     n: Annotated[int, typer.Option("--n", help="Number of (image, mask) pairs.")],
@@ -483,6 +464,7 @@ def paired(
     import uuid
 
     from napari_medgen.core import io
+    from napari_medgen.core.atomic import commit_folder
     from napari_medgen.pipelines.paired_generation import DEFAULT_GUIDER, generate_pairs_job
 
     guider = model or DEFAULT_GUIDER
@@ -523,7 +505,7 @@ def paired(
             target = staged / f"image_{index:0{width}d}.{fmt}"
             io.write_volume(_as_2d_pixels(image, target), target)
             io.write_volume(mask, staged / f"mask_{index:0{width}d}.{fmt}")
-        _commit_folder(staged, dest)
+        commit_folder(staged, dest)
         staged = None
     except MedGenError as error:
         _fail(error)

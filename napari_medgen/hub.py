@@ -24,11 +24,11 @@ import pkgutil
 import shutil
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from napari_medgen.core.atomic import commit_folder
 from napari_medgen.errors import CheckpointError, InvalidInputError, MedGenError
 
 if TYPE_CHECKING:
@@ -282,17 +282,7 @@ def write_directory_atomically(directory: Path, write: Callable[[Path], None]) -
     try:
         os.chmod(tmp, 0o755)
         write(tmp)
-        if directory.exists():
-            old = parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(directory, old)
-            try:
-                os.replace(tmp, directory)
-            except BaseException:
-                os.replace(old, directory)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
+        commit_folder(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

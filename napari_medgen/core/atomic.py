@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,3 +36,19 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def commit_folder(staged: Path, dest: Path) -> None:
+    """Move a finished folder ``staged`` to ``dest`` (same file system). An existing ``dest`` is swapped out
+    only once the new one is in place, and restored if that fails: readers see the old or the new folder."""
+    if not dest.exists():
+        os.replace(staged, dest)
+        return
+    backup = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.old.medgen-tmp"
+    os.replace(dest, backup)
+    try:
+        os.replace(staged, dest)
+    except BaseException:
+        os.replace(backup, dest)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from napari_medgen.core.atomic import commit_folder
 from napari_medgen.core.geometry import right_handed
 from napari_medgen.core.volume import LabelMap, Volume
 from napari_medgen.errors import (
@@ -597,20 +598,6 @@ def _safe_to_replace_folder(folder: Path) -> bool:
     return True
 
 
-def _commit_folder(staged: Path, dest: Path) -> None:
-    if not dest.exists():
-        os.replace(staged, dest)
-        return
-    backup = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.old{_TMP_SUFFIX}"
-    os.replace(dest, backup)
-    try:
-        os.replace(staged, dest)
-    except BaseException:
-        os.replace(backup, dest)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-
-
 def _execute_writer(image: sitk.Image, path: Path, compress: bool, keep_uids: bool = False) -> None:
     writer = sitk.ImageFileWriter()
     writer.SetFileName(str(path))
@@ -859,7 +846,7 @@ def write_volume(
         with _staging_dir(dest) as staged:
             if fmt == "dicom":
                 _write_dicom_series(volume, staged)
-                _commit_folder(staged, dest)
+                commit_folder(staged, dest)
             else:
                 if fmt == "seg.nrrd":
                     labels = volume if isinstance(volume, LabelMap) else volume.as_labels()
