@@ -124,10 +124,9 @@ class PairedGenerationWidget(Container):
             self.worker.quit()
 
     def _on_progress(self, event: Any) -> None:
-        if event.total:
-            self._progress.max = int(event.total)
-            self._progress.value = min(int(event.step), int(event.total))
-        self._status.value = f"{event.stage}: {event.message}" if event.message else str(event.stage)
+        from napari_medgen.widgets.feedback import show_progress
+
+        show_progress(self._progress, self._status, event)
 
     def _add_layers(self, pairs: list[tuple[Volume, LabelMap]]) -> None:
         from napari_medgen.layers import volume_to_layer_data
@@ -148,10 +147,6 @@ class PairedGenerationWidget(Container):
         self._cancel.enabled = False
 
     def _report(self, error: Exception) -> None:
-        from napari.utils.notifications import show_error
+        from napari_medgen.widgets.feedback import show_error
 
-        self._status.value = f"error: {error}"
-        if isinstance(error, MedGenError):
-            show_error(str(error))
-        else:
-            show_error(f"Unexpected error ({type(error).__name__}): {error}")
+        show_error(self._status, error)

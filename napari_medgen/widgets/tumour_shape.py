@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, Container, FloatSlider, Label, LineEdit, PushButton, SpinBox, create_widget
 
-from napari_medgen.errors import InvalidInputError, MedGenError
+from napari_medgen.errors import InvalidInputError
 
 if TYPE_CHECKING:
     import napari
@@ -102,10 +102,6 @@ class TumourShapeWidget(Container):
         self._status.value = f"added '{name}': {volume:.0f} mm3"
 
     def _report(self, error: Exception) -> None:
-        from napari.utils.notifications import show_error
+        from napari_medgen.widgets.feedback import show_error
 
-        self._status.value = f"error: {error}"
-        if isinstance(error, MedGenError):
-            show_error(str(error))
-        else:
-            show_error(f"Unexpected error ({type(error).__name__}): {error}")
+        show_error(self._status, error)
