@@ -81,7 +81,7 @@ class VoxelLattice:
 
     def ranker(self) -> RankIndex:
         """Index that turns flat positions of ROI voxels back into their positions in ``index``."""
-        return RankIndex(self.index, self.shape[-1])
+        return RankIndex(self.index, self.flat.size)
 
     def coords(self, k: int) -> np.ndarray:
         """(n, 3) padded (z, y, x) coordinates of the ROI voxels of crop ``k``."""
@@ -92,33 +92,26 @@ class VoxelLattice:
 class RankIndex:
     """Rank of ROI voxels from their flat positions, without a lattice-sized lookup table.
 
-    Each lattice row (fixed crop, z, y) is split into 64-voxel words holding one bit per ROI voxel. The rank
-    of a voxel is the number of ROI voxels in earlier words (a prefix sum) plus the set bits below it in its
-    own word (a popcount), since ``index`` is in flat order. This touches a few MB instead of the tens of MB
-    (and their page faults) of a full int32 lattice.
+    The flat lattice is cut into 64-voxel words holding one bit per ROI voxel. The rank of a voxel is the
+    number of ROI voxels in earlier words (a prefix sum) plus the set bits below it in its own word (a
+    popcount), since ``index`` is in flat order. This touches about 1/64 of the lattice (a few MB) instead of
+    the tens of MB (and their page faults) of a full int32 lattice; shifts and masks replace divisions.
     """
 
-    def __init__(self, index: np.ndarray, row_length: int) -> None:
-        self._row_length = row_length
-        self._words_per_row = -(-row_length // 64)
-        key, bit = self._key_bit(index)
+    def __init__(self, index: np.ndarray, size: int) -> None:
+        key = index >> 6
         first = np.flatnonzero(np.diff(key, prepend=-1))  # voxels are sorted, so equal keys are adjacent
-        n_words = int(key[-1]) + 1 if key.size else 1
-        self._words = np.zeros(n_words, dtype=np.uint64)
-        self._words[key[first]] = np.bitwise_or.reduceat(np.left_shift(np.uint64(1), bit), first)
-        counts = np.bitwise_count(self._words).astype(np.int64)
-        self._before = np.cumsum(counts) - counts
-
-    def _key_bit(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        row = flat // self._row_length
-        x = flat - row * self._row_length
-        key = row * self._words_per_row + (x >> 6)
-        return key, (x & 63).astype(np.uint64)
+        self._words = np.zeros((int(size) >> 6) + 1, dtype=np.uint64)
+        bits = np.left_shift(np.uint64(1), (index & 63).astype(np.uint64))
+        self._words[key[first]] = np.bitwise_or.reduceat(bits, first) if first.size else bits[:0]
+        counts = np.bitwise_count(self._words)
+        self._before = np.cumsum(counts, dtype=np.int64) - counts
 
     def __call__(self, flat: np.ndarray) -> np.ndarray:
         """Ranks of the ROI voxels at flat positions ``flat`` (which must all be ROI voxels)."""
-        key, bit = self._key_bit(flat)
-        below = self._words[key] & (np.left_shift(np.uint64(1), bit) - np.uint64(1))
+        u = np.ascontiguousarray(flat, dtype=np.int64).view(np.uint64)
+        key = u >> np.uint64(6)
+        below = self._words[key] & (np.left_shift(np.uint64(1), u & np.uint64(63)) - np.uint64(1))
         return self._before[key] + np.bitwise_count(below)
 
 

@@ -182,9 +182,12 @@ class _Matrices:
                       and "ngtdm" not in want)
         gldm_same = "gldm" in want and alpha == 0 and not gldm_links
 
+        # one 8-byte scratch per voxel, reused in turn for the GLCM codes, GLDM codes and NGTDM means (fresh
+        # large arrays cost page faults)
+        wide = np.empty(n_vox, dtype=np.intp)
         if "glcm" in want:
             self.glcm = np.empty((self.n, n_all, g, g))  # (i, j) counts, symmetrised if asked
-            code = np.empty(n_vox, dtype=np.intp)
+            code = wide
             cl1 = cl * g1
         if "gldm" in want and not gldm_links:
             dep = np.ones(n_vox, dtype=np.uint8 if 2 * n_all < 255 else np.uint16)
@@ -196,8 +199,7 @@ class _Matrices:
             is_dst = np.zeros(n_vox, dtype=bool)
             self.link_src: list[np.ndarray] = []
             self.link_dst: list[np.ndarray] = []
-            run_ends: list[tuple[int, np.ndarray]] = []
-            run_lengths: list[int] = []
+            run_hists: list[tuple[int, int, np.ndarray]] = []
             runs_total = np.zeros((self.n, n_unit, g))
             pairs_unit = np.zeros((self.n, n_unit), dtype=bool)
 
@@ -242,7 +244,8 @@ class _Matrices:
                 if not (gldm_same and in_all):
                     np.equal(fwd, lv, out=same)
                 src = np.flatnonzero(same)
-                dst = rank_of(index[src] + step)
+                # the next voxel in flat order is the next ROI voxel: its rank is one more
+                dst = src + 1 if step == 1 else rank_of(index[src] + step)
                 self.link_src.append(src)
                 self.link_dst.append(dst)
                 if "glrlm" in want:
@@ -258,65 +261,58 @@ class _Matrices:
                     is_dst[dst] = True
                     starts = src[~is_dst[src]]  # continue forward but not backward: first voxel of a run >= 2
                     is_dst[dst] = False
-                    self._follow(lat, starts, int(step), u, run_ends, run_lengths)
+                    self._follow(lat, starts, cl[starts], int(step), u, run_hists)
 
         if "gldm" in want:
             n_dep = 2 * n_all + 1
             if gldm_links:
                 ends = np.concatenate(self.link_src + self.link_dst)
                 dep = np.bincount(ends, minlength=n_vox) + 1
-            code_dep = cl * (n_dep + 1)
+            code_dep = np.multiply(cl, n_dep + 1, out=wide)
             code_dep += dep  # dependence 1..n_dep
             hist = np.bincount(code_dep, minlength=self.n * g1 * (n_dep + 1))
             self.gldm = hist.reshape(self.n, g1, n_dep + 1)[:, 1:, 1:].astype(np.float64)
         if "ngtdm" in want:
             # |level - mean of the ROI neighbours|; a voxel without ROI neighbours adds 0 (its "mean" is itself)
-            mean = lv.astype(np.float64)
+            mean = wide.view(np.float64)
+            np.copyto(mean, lv)
             np.divide(nsum, ncnt, out=mean, where=ncnt > 0)
             mean -= lvi
             np.abs(mean, out=mean)
             s = np.bincount(cl, weights=mean, minlength=self.n * g1).reshape(self.n, g1)[:, 1:]
             self.ngtdm_s = s
         if "glrlm" in want:
-            self._finish_runs(lat, run_ends, run_lengths, runs_total, pairs_unit, g1)
+            self._finish_runs(lat, run_hists, runs_total, pairs_unit, g1)
         if "glszm" in want:
             self._zones(lat, lvi)
 
     # -- GLRLM
-    def _follow(self, lat: VoxelLattice, first: np.ndarray, step: int, u: int, run_ends: list,
-                run_lengths: list) -> None:
-        """Runs along ``step`` starting at ROI voxels ``first`` (all >= 2 voxels long): end positions, lengths."""
+    def _follow(self, lat: VoxelLattice, first: np.ndarray, code: np.ndarray, step: int, u: int,
+                run_hists: list) -> None:
+        """Runs along ``step`` starting at ROI voxels ``first`` (all >= 2 voxels long, (crop, level) codes
+        ``code``): per run length, the (crop, level) histogram of the runs of that length."""
         level = lat.levels[first]
         ahead = lat.shifted(step)
         pos = lat.index[first] + step  # second voxel of each run
         length = 2
+        n_codes = self.n * (self.g + 1)
         while pos.size:
             keep = ahead[pos] == level
             n_keep = int(np.count_nonzero(keep))
             if n_keep < pos.size:
-                done = ~keep
-                run_ends.append((u, pos[done]))
-                run_lengths.append(length)
-                pos, level = pos[keep], level[keep]
+                run_hists.append((u, length, np.bincount(code[~keep], minlength=n_codes)))
+                pos, level, code = pos[keep], level[keep], code[keep]
             pos += step
             length += 1
 
-    def _finish_runs(self, lat: VoxelLattice, run_ends: list, run_lengths: list, runs_total: np.ndarray,
-                     pairs_unit: np.ndarray, g1: int) -> None:
+    def _finish_runs(self, lat: VoxelLattice, run_hists: list, runs_total: np.ndarray, pairs_unit: np.ndarray,
+                     g1: int) -> None:
         n_unit = len(self.offs_unit)
         g = self.g
-        r_max = max(run_lengths, default=1)
-        if run_ends:
-            ends = np.concatenate([e for _, e in run_ends])
-            sizes = [len(e) for _, e in run_ends]
-            # code of (direction, length) per recorded group, then (crop, level) per run from its end voxel
-            group = np.repeat([a * r_max + (n - 1) for (a, _), n in zip(run_ends, run_lengths, strict=True)], sizes)
-            crop = ends // int(np.prod(lat.shape[1:]))
-            flat_code = (crop * g + lat.flat[ends] - 1) * (n_unit * r_max) + group
-        else:
-            flat_code = np.zeros(0, np.intp)
-        mat = np.bincount(flat_code, minlength=self.n * g * n_unit * r_max).astype(np.float64)
-        mat = mat.reshape(self.n, g, n_unit, r_max).transpose(0, 2, 1, 3).copy()
+        r_max = max((n for _, n, _ in run_hists), default=1)
+        mat = np.zeros((self.n, n_unit, g, r_max))
+        for u, length, hist in run_hists:
+            mat[:, u, :, length - 1] = hist.reshape(self.n, g1)[:, 1:]
         mat[..., 0] = runs_total - mat.sum(-1)  # the remaining runs have length 1
         # pyradiomics drops a direction in which no line holds two ROI voxels (the ROI is flat across it)
         for k, a in zip(*np.nonzero(~pairs_unit), strict=True):
