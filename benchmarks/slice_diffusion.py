@@ -30,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from napari_medgen.core.progress import run_job  # noqa: E402
 from napari_medgen.hub import load_cached  # noqa: E402
 from napari_medgen.models.mask_code import encode_mask  # noqa: E402
 from napari_medgen.pipelines.diffusion_sampling import sample_mask_guided  # noqa: E402
@@ -104,11 +105,7 @@ def generate(model: str, labels: np.ndarray, *, sampler: str, steps: int, seed: 
         noise = torch.randn((len(lab), 1, *net.image_size), generator=g)
         job = sample_mask_guided(net, encode_mask(lab, net.class_values, drop), noise, sampler=sampler, steps=steps,
                                  generator=g, eta=eta)
-        try:
-            while True:
-                next(job)
-        except StopIteration as stop:
-            out.append(stop.value[:, 0].numpy())
+        out.append(run_job(job)[:, 0].numpy())
     return np.concatenate(out), (time.perf_counter() - start) / len(labels)
 
 

@@ -43,20 +43,25 @@ def _open_lesion_case(title: str, data_dir: Path):  # noqa: ANN202 - (viewer, im
     return viewer, image, labels
 
 
-def _save_shot(viewer, labels, out: Path, size: tuple[int, int]) -> Path:  # noqa: ANN001
-    """Axial slice through the lesion centre, whole window, written to ``out``."""
+def _grab(viewer, out: Path) -> Path:  # noqa: ANN001
+    """The whole window as a PNG at ``out``; closes the viewer."""
     from PIL import Image
 
-    centre = np.argwhere(labels.data > 0).mean(axis=0)
-    viewer.window._qt_window.resize(*size)
-    viewer.reset_view()
-    viewer.dims.set_point(0, labels.data_to_world(centre)[0])
     _process_events(20)
     shot = viewer.screenshot(canvas_only=False, flash=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.asarray(shot)).save(out)
     viewer.close()
     return out
+
+
+def _save_shot(viewer, labels, out: Path, size: tuple[int, int]) -> Path:  # noqa: ANN001
+    """Axial slice through the lesion centre, whole window, written to ``out``."""
+    centre = np.argwhere(labels.data > 0).mean(axis=0)
+    viewer.window._qt_window.resize(*size)
+    viewer.reset_view()
+    viewer.dims.set_point(0, labels.data_to_world(centre)[0])
+    return _grab(viewer, out)
 
 
 def reader_screenshot(out: Path, data_dir: Path) -> Path:
@@ -159,14 +164,7 @@ def paired_generation_screenshot(out: Path, data_dir: Path) -> Path:
     _process_events(20)
     viewer.reset_view()
     viewer.dims.set_point(0, 0)
-    _process_events(20)
-    from PIL import Image
-
-    shot = viewer.screenshot(canvas_only=False, flash=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.asarray(shot)).save(out)
-    viewer.close()
-    return out
+    return _grab(viewer, out)
 
 
 SCREENSHOTS = {

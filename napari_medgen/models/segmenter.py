@@ -52,6 +52,22 @@ def _ct_normalizer(spec: str) -> IntensityNormalizer:
     return IntensityNormalizer.from_ct_preset(body)
 
 
+def fit_normalizer(array: np.ndarray, spec: str) -> IntensityNormalizer | None:
+    """The linear (invertible) map of ``spec`` fitted to ``array``; None for 'none', 'zscore' and images with
+    nothing to scale (constant, or no non-zero voxel for 'percentile_nonzero')."""
+    if spec.startswith("ct:"):
+        return _ct_normalizer(spec)
+    if spec not in ("percentile", "percentile_nonzero"):
+        return None
+    mask = "nonzero" if spec == "percentile_nonzero" else None
+    if mask == "nonzero" and not np.any(array != 0):
+        return None
+    try:
+        return percentile_normalizer(array, mask)
+    except InvalidInputError:
+        return None  # constant image
+
+
 def normalize_intensity(array: np.ndarray, spec: str) -> np.ndarray:
     """Map raw intensities to the network's range, per image (so any scanner scale works).
 
@@ -63,16 +79,8 @@ def normalize_intensity(array: np.ndarray, spec: str) -> np.ndarray:
     if spec == "zscore":
         std = float(arr.std())
         return ((arr - float(arr.mean())) / std).astype(np.float32) if std > 0 else np.zeros_like(arr)
-    if spec.startswith("ct:"):
-        return _ct_normalizer(spec).forward(arr)
-    mask = "nonzero" if spec == "percentile_nonzero" else None
-    if mask == "nonzero" and not np.any(arr != 0):
-        return np.zeros_like(arr)
-    try:
-        normalizer = percentile_normalizer(arr, mask)
-    except InvalidInputError:
-        return np.zeros_like(arr)  # constant image
-    return normalizer.forward(arr)
+    normalizer = fit_normalizer(arr, spec)
+    return np.zeros_like(arr) if normalizer is None else normalizer.forward(arr)
 
 
 @register_model("segmenter")

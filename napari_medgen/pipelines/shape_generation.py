@@ -29,7 +29,6 @@ The returned `LabelMap` has an odd number of voxels per axis with its centre vox
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,30 +91,19 @@ class ShapeControl:
 
 
 # ---- model access -----------------------------------------------------------------------------------
-_CACHE: dict[str, Any] = {}
-_CACHE_LOCK = threading.Lock()
-
-
 def _load(model: str | Path) -> Any:
-    """The generator (eval mode, CPU) of a bundled name or folder, cached per folder and file time."""
-    from napari_medgen.hub import from_pretrained, resolve_checkpoint
+    """The generator (eval mode, CPU) of a bundled name or folder (`hub.load_cached`), with its statistics."""
+    from napari_medgen.hub import load_cached
 
-    folder = resolve_checkpoint(model)
-    weights = folder / "model.safetensors"
-    key = f"{folder.resolve()}:{weights.stat().st_mtime_ns if weights.exists() else 0}"
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            net = from_pretrained(folder, expected_type=MODEL_TYPE)
-            needed = ("normalizer", "regions", "base_spacing_mm", "feature_gaussian", "field_of_view_mm")
-            missing = [k for k in needed if k not in net.hub_extra]
-            if missing:
-                raise CheckpointError(
-                    f"{folder} is a shape-gan checkpoint without the statistics {missing} in config.json (extra); "
-                    "export it with `medgen train shape-gan`, which writes them."
-                )
-            _CACHE.clear()
-            _CACHE[key] = net
-        return _CACHE[key]
+    net = load_cached(model, expected_type=MODEL_TYPE)
+    needed = ("normalizer", "regions", "base_spacing_mm", "feature_gaussian", "field_of_view_mm")
+    missing = [k for k in needed if k not in net.hub_extra]
+    if missing:
+        raise CheckpointError(
+            f"{net.hub_path} is a shape-gan checkpoint without the statistics {missing} in config.json (extra); "
+            "export it with `medgen train shape-gan`, which writes them."
+        )
+    return net
 
 
 def shape_controls(model: str | Path = DEFAULT_MODEL) -> tuple[ShapeControl, ...]:

@@ -50,22 +50,6 @@ def slice_noise(n: int, shape: Sequence[int], seed: int, mode: str, correlation:
     return out.astype(np.float32)
 
 
-def _intensity_map(reference: np.ndarray, spec: str) -> Any:
-    """The normaliser the model would apply to ``reference`` (its inverse maps outputs back), or None."""
-    from napari_medgen.core.intensity import percentile_normalizer
-    from napari_medgen.models.segmenter import _ct_normalizer
-
-    if spec in ("percentile", "percentile_nonzero"):
-        mask = "nonzero" if spec == "percentile_nonzero" else None
-        try:
-            return percentile_normalizer(reference, mask)
-        except InvalidInputError:
-            return None
-    if spec.startswith("ct:"):
-        return _ct_normalizer(spec)
-    return None
-
-
 def _check_request(labels: Any, model: Any, axis: int, drop_classes: Sequence[int], reference: Any,
                    similarity: float) -> np.ndarray:
     from napari_medgen.models.mask_code import check_labels
@@ -142,13 +126,13 @@ def generate_from_labels_job(
     ref_small = None
     imap = None
     if reference is not None:
-        from napari_medgen.models.segmenter import normalize_intensity
+        from napari_medgen.models.segmenter import fit_normalizer, normalize_intensity
 
         ref = np.asarray(reference.array, dtype=np.float32)
-        imap = _intensity_map(ref, net.config["normalization"])
+        imap = fit_normalizer(ref, net.config["normalization"])
         ref_unit = np.moveaxis(to_unit_range(normalize_intensity(ref, net.config["normalization"])), axis, 0)
         ref_small, _ = resize_slices(ref_unit, None, size)
-    _, small_labels = resize_slices(np.zeros(stack.shape, np.float32), stack, size)
+    _, small_labels = resize_slices(None, stack, size)
     out = np.full((n, *size), -1.0, dtype=np.float32)  # background of the model's [-1, 1] range
     batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     total_steps = len(batches) * int(steps)

@@ -29,12 +29,14 @@ def to_unit_range(normalized: np.ndarray) -> np.ndarray:
     return (np.clip(normalized, 0.0, 1.0) * 2.0 - 1.0).astype(np.float32)
 
 
-def resize_slices(images: np.ndarray, labels: np.ndarray | None, size: Sequence[int]) -> tuple[np.ndarray, Any]:
-    """(N, H, W) images (bilinear) and labels (nearest) -> (N, *size)."""
+def resize_slices(images: np.ndarray | None, labels: np.ndarray | None, size: Sequence[int]) -> tuple[Any, Any]:
+    """(N, H, W) images (bilinear) and labels (nearest) -> (N, *size); either may be None."""
     from scipy import ndimage
 
-    factors = (1.0, size[0] / images.shape[1], size[1] / images.shape[2])
-    out = ndimage.zoom(images, factors, order=1, grid_mode=True, mode="nearest").astype(np.float32)
+    shape = (images if images is not None else labels).shape
+    factors = (1.0, size[0] / shape[1], size[1] / shape[2])
+    out = None if images is None else ndimage.zoom(images, factors, order=1, grid_mode=True,
+                                                   mode="nearest").astype(np.float32)
     lab = None if labels is None else ndimage.zoom(labels, factors, order=0, grid_mode=True, mode="nearest")
     return out, lab
 
