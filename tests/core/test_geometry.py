@@ -156,8 +156,8 @@ def test_crop_then_paste_unchanged_is_identity(volume: Volume) -> None:
 def test_paste_changes_nothing_outside_the_blend_region(volume: Volume, data: st.DataObject, feather: float) -> None:
     before = volume.array.copy()
     pshape = data.draw(st.tuples(*[st.integers(1, 6)] * 3))
-    start = tuple(data.draw(st.integers(-3, n)) for n in volume.shape)
-    assume(all(s < n and s + p > 0 for s, p, n in zip(start, pshape, volume.shape, strict=True)))
+    # only overlapping placements (drawn directly rather than filtered: no health-check flakiness)
+    start = tuple(data.draw(st.integers(max(-3, 1 - p), n - 1)) for p, n in zip(pshape, volume.shape, strict=True))
     patch = volume.with_array(np.full(pshape, 5000.0, np.float32))
     mask = data.draw(arrays(np.bool_, pshape))
     out = paste(volume, patch, start, mask=mask, feather_mm=feather)
