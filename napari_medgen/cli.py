@@ -21,7 +21,7 @@ from napari_medgen.core.progress import CancelToken, Job, ProgressEvent, run_job
 from napari_medgen.errors import CancelledError, MedGenError
 
 if TYPE_CHECKING:
-    from napari_medgen.core.volume import Volume
+    from napari_medgen.core.volume import LabelMap, Volume
 
 T = TypeVar("T")
 
@@ -518,6 +518,496 @@ def paired(
     size = pairs[0][0].shape[1:][::-1]
     console.print(f"wrote {n} image/mask pairs ({size[0]}x{size[1]} px, {fmt}) to {dest} in {elapsed:.1f} s "
                   f"({n_steps} {sampler} steps, seed {seed})")
+
+
+# ---- tumour synthesis with the latent texture bridge: synth, remove, batch ------------------------------
+#: file formats the tumour commands write (single files, so that every output can be staged and renamed)
+_EDIT_OUTPUTS = (".nii.gz", ".nii", ".nrrd", ".mha")
+#: batch inputs found in a folder; files whose name contains one of `_NOT_IMAGES` are segmentations
+_BATCH_INPUTS = (".nii.gz", ".nii", ".nrrd", ".mha")
+_NOT_IMAGES = ("label", "mask", "seg")
+#: shape requests of `medgen batch` (log-uniform volume, uniform sphericity) and its centre margin
+BATCH_VOLUME_RANGE = (2000.0, 15000.0)
+BATCH_SPHERICITY_RANGE = (0.6, 0.85)
+BATCH_MARGIN_MM = 15.0
+
+
+def _check_edit_output(path: Path, option: str, allowed: tuple[str, ...] = _EDIT_OUTPUTS) -> Path:
+    """Refuse an output name the tumour commands cannot write *before* the model runs, not after it."""
+    dest = path.expanduser().absolute()
+    if dest.is_dir():
+        raise MedGenError(f"{option} {path} is a folder; give a file name such as {dest / 'out.nii.gz'}.")
+    if not any(dest.name.lower().endswith(ext) and len(dest.name) > len(ext) for ext in allowed):
+        raise MedGenError(f"{option} {path.name}: use a file name ending in {', '.join(allowed)}.")
+    return dest
+
+
+def _check_distinct(paths: list[Path | None]) -> None:
+    given = [p.expanduser().absolute() for p in paths if p is not None]
+    if len(set(given)) != len(given):
+        raise MedGenError("The output files must all be different (--out, --mask-out, --report).")
+
+
+def _check_edit_counts(seed: int, steps: int | None) -> None:
+    if seed < 0:
+        raise MedGenError(f"--seed must be 0 or a positive integer; got {seed}.")
+    if steps is not None and steps < 1:
+        raise MedGenError(f"--steps must be at least 1; got {steps}.")
+
+
+def _bridge_steps(model: str, steps: int | None) -> int:
+    """The requested steps, or the backend's default capped by the checkpoint's training schedule."""
+    from napari_medgen.hub import read_checkpoint_config
+    from napari_medgen.pipelines.tumor_synthesis import DEFAULT_STEPS
+
+    if steps is not None:
+        return steps
+    total = read_checkpoint_config(model)["config"].get("num_train_timesteps", DEFAULT_STEPS)
+    return min(DEFAULT_STEPS, int(total))
+
+
+def _texture_settings(items: list[str] | None) -> dict[str, float]:
+    """``--texture Name=value`` pairs (texture feature names, ``original_`` prefix optional) as floats."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise MedGenError(f"--texture needs Name=number (e.g. firstorder_Mean=0.2); got '{item}'.")
+    return out
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _json_text(data: object) -> str:
+    return json.dumps(data, indent=2, default=_json_default) + "\n"
+
+
+def _write_all(outputs: list[tuple[Volume | str, Path]]) -> None:
+    """Write every output or none of them.
+
+    Each is written into a hidden folder beside its destination, then all are renamed into place; an error
+    or Ctrl-C while writing leaves no new file behind (a file renamed already is removed again).
+    """
+    import os
+    import shutil
+    import uuid
+
+    from napari_medgen.core import io
+
+    staging: list[Path] = []
+    created: list[Path] = []
+    ready: list[tuple[Path, Path]] = []
+    committed: list[Path] = []
+    try:
+        for content, path in outputs:
+            dest = path.expanduser().absolute()
+            parent = dest.parent
+            while not parent.exists():
+                created.append(parent)
+                parent = parent.parent
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            folder = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}.medgen-tmp"
+            folder.mkdir()
+            staging.append(folder)
+            if isinstance(content, str):
+                (folder / dest.name).write_text(content, encoding="utf-8")
+            else:
+                io.write_volume(content, folder / dest.name)
+            ready.append((folder / dest.name, dest))
+        for staged, dest in ready:
+            os.replace(staged, dest)
+            committed.append(dest)
+    except BaseException as error:
+        for dest in committed:
+            dest.unlink(missing_ok=True)
+        for folder in staging:
+            shutil.rmtree(folder, ignore_errors=True)
+        for folder in created:  # innermost first
+            if folder.exists() and not any(folder.iterdir()):
+                folder.rmdir()
+        if isinstance(error, OSError):
+            raise MedGenError(f"Could not write the outputs ({error}); none was written. Check the output paths "
+                              "and free disk space.") from error
+        raise
+    for folder in staging:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _shape_mask(path: Path, volume: Volume) -> LabelMap:
+    """A ``--shape`` mask: snapped to the scan's grid when it lies on it (float header rounding); otherwise the
+    backend places it with its centroid at ``--center-mm``, whatever grid the mask came from."""
+    from napari_medgen.core import io
+    from napari_medgen.core.volume import LabelMap
+
+    mask = io.read_labels(path)
+    if volume.same_grid(mask, tol=1e-4):
+        return LabelMap(mask.array, volume.spacing, volume.origin, volume.direction, mask.metadata)
+    return mask
+
+
+def _tumour_summary(labels: LabelMap) -> str:
+    voxels = int(np.count_nonzero(labels.array))
+    return f"{voxels} voxels ({voxels * float(np.prod(labels.spacing)):.0f} mm3)"
+
+
+# options shared by the texture-bridge commands (synth, remove, batch)
+BridgeStepsOption = Annotated[int | None, typer.Option(
+    "--steps", help="Bridge sampling steps (default 25, at most the model's training schedule)."
+)]
+BridgeModelOption = Annotated[str | None, typer.Option(
+    "--model", help="Texture-bridge model: bundled name or checkpoint folder (default: bridge-brain-t1c)."
+)]
+EditReportOption = Annotated[Path | None, typer.Option("--report", help="Write what was done as JSON (.json).")]
+
+
+_SYNTH_HELP = (
+    "Synthesize a new tumour in a 3D scan (texture bridge); voxels away from it stay bit-identical.\n\n"
+    "Shape: the shape generator (--set; default VoxelVolume=4000, Sphericity=0.8) or a mask (--shape). Texture: the "
+    "model's default, a reference tumour (--texture-from IMAGE LABEL) and/or single features (--texture)."
+)
+
+
+@app.command(help=_SYNTH_HELP)
+def synth(
+    image: Annotated[Path, typer.Argument(help="3D scan to edit (.nii.gz, .nrrd, .mha, DICOM folder).")],
+    out: Annotated[Path, typer.Option("--out", help="Edited scan (.nii.gz, .nii, .nrrd or .mha), on the input grid.")],
+    mask_out: Annotated[Path, typer.Option(
+        "--mask-out", help="Mask of the new tumour (.nii.gz, .nii, .nrrd, .seg.nrrd or .mha), on the input grid."
+    )],
+    center_mm: Annotated[str | None, typer.Option(
+        "--center-mm", help="Tumour centre X,Y,Z in physical (LPS) mm. Needed unless --shape lies on the scan's grid."
+    )] = None,
+    shape_mask: Annotated[Path | None, typer.Option(
+        "--shape", help="Tumour mask: on the scan's grid (used where it is, or moved to --center-mm), or an unplaced "
+        "mask such as `medgen shape` writes (its centre goes to --center-mm). Excludes --set."
+    )] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Shape feature for the shape generator (names as in `medgen shape`), e.g. --set VoxelVolume=8000 "
+        "--set Sphericity=0.8. Without --shape and --set: VoxelVolume=4000, Sphericity=0.8."
+    )] = None,
+    texture_from: Annotated[tuple[Path, Path] | None, typer.Option(
+        "--texture-from", metavar="IMAGE LABEL",
+        help="Copy the texture of a reference tumour: two paths, its scan and its label file (--texture-from "
+        "scan.nii.gz seg.nii.gz). Default texture: the model's median training tumour."
+    )] = None,
+    texture_from_label: Annotated[int | None, typer.Option(
+        "--texture-from-label", help="Label value of the reference tumour (default: every non-zero label)."
+    )] = None,
+    texture: Annotated[list[str] | None, typer.Option(
+        "--texture", help="Override one texture feature (model units), e.g. --texture firstorder_Mean=0.3; the "
+        "original_ prefix is optional."
+    )] = None,
+    label_value: Annotated[int, typer.Option("--label-value", help="Value of the tumour in --mask-out (1..255).")] = 1,
+    steps: BridgeStepsOption = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same tumour).")] = 0,
+    model: BridgeModelOption = None,
+    report: EditReportOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Synthesize a new tumour in a 3D scan (texture bridge); voxels away from it stay bit-identical."""
+    from napari_medgen.core import io
+    from napari_medgen.pipelines.tumor_synthesis import DEFAULT_MODEL, synthesize_job
+
+    model_name = model or DEFAULT_MODEL
+    try:
+        _check_edit_counts(seed, steps)
+        shape_request = _feature_settings(set_) or None
+        texture_request = _texture_settings(texture) or None
+        if shape_mask is not None and shape_request is not None:
+            raise MedGenError("--shape and --set exclude each other: give a mask or shape features, not both.")
+        if texture_from_label is not None and texture_from is None:
+            raise MedGenError("--texture-from-label picks a label of the --texture-from reference; add --texture-from.")
+        centre = _floats(center_mm, "--center-mm") if center_mm is not None else None
+        _check_edit_output(out, "--out")
+        _check_edit_output(mask_out, "--mask-out", (*_EDIT_OUTPUTS, ".seg.nrrd"))
+        if report is not None:
+            _check_edit_output(report, "--report", (".json",))
+        _check_distinct([out, mask_out, report])
+        volume = io.read_volume(image)
+        shape = _shape_mask(shape_mask, volume) if shape_mask is not None else None
+        if centre is None and (shape is None or not shape.same_grid(volume)):
+            raise MedGenError(
+                "Give --center-mm X,Y,Z (the tumour centre in physical LPS mm, e.g. read off napari or Slicer), or a "
+                "--shape mask that lies on the scan's grid."
+            )
+        reference = None
+        if texture_from is not None:
+            ref_image = io.read_volume(texture_from[0])
+            reference = (ref_image, io.read_labels(texture_from[1], reference=ref_image), texture_from_label)
+        n_steps = _bridge_steps(model_name, steps)
+        job = synthesize_job(volume, center_mm=centre, shape=shape, shape_request=shape_request,
+                             texture=texture_request, texture_from=reference, model=model_name, steps=n_steps,
+                             seed=seed, label_value=label_value)
+        result = run_with_progress(job, "synth", quiet=quiet)
+        outputs: list[tuple[Volume | str, Path]] = [(result.image, out), (result.labels, mask_out)]
+        if report is not None:
+            outputs.append((_json_text({"image": str(image), "out": str(out), "mask_out": str(mask_out),
+                                        **result.report}), report))
+        _write_all(outputs)
+    except MedGenError as error:
+        _fail(error)
+    where = result.report.get("center_mm")
+    place = f" at {tuple(round(v, 1) for v in where)} mm" if where else ""
+    console.print(f"wrote {out} and {mask_out}: new tumour of {_tumour_summary(result.labels)}{place} "
+                  f"({result.report['shape_from']}; {n_steps} steps, seed {seed})")
+
+
+@app.command("remove")
+def remove_tumour(
+    image: Annotated[Path, typer.Argument(help="3D scan to edit (.nii.gz, .nrrd, .mha, DICOM folder).")],
+    labels: Annotated[Path, typer.Argument(help="Label map of the tumour on the scan's grid.")],
+    out: Annotated[Path, typer.Option("--out", help="Edited scan (.nii.gz, .nii, .nrrd or .mha), on the input grid.")],
+    label: Annotated[int | None, typer.Option(
+        "--label", help="Label value to remove (default: every non-zero label)."
+    )] = None,
+    mask_out: Annotated[Path | None, typer.Option(
+        "--mask-out", help="The labels that remain (removed ones set to 0), on the input grid."
+    )] = None,
+    steps: BridgeStepsOption = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same result).")] = 0,
+    model: BridgeModelOption = None,
+    report: EditReportOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Remove a tumour: its region (plus a 2 mm rim) is replaced by healthy-looking tissue."""
+    from napari_medgen.core import io
+    from napari_medgen.pipelines.tumor_synthesis import DEFAULT_MODEL, remove_job
+
+    model_name = model or DEFAULT_MODEL
+    try:
+        _check_edit_counts(seed, steps)
+        _check_edit_output(out, "--out")
+        if mask_out is not None:
+            _check_edit_output(mask_out, "--mask-out", (*_EDIT_OUTPUTS, ".seg.nrrd"))
+        if report is not None:
+            _check_edit_output(report, "--report", (".json",))
+        _check_distinct([out, mask_out, report])
+        volume = io.read_volume(image)
+        label_map = io.read_labels(labels, reference=volume)
+        n_steps = _bridge_steps(model_name, steps)
+        job = remove_job(volume, label_map, label, model=model_name, steps=n_steps, seed=seed)
+        result = run_with_progress(job, "remove", quiet=quiet)
+        outputs: list[tuple[Volume | str, Path]] = [(result.image, out)]
+        if mask_out is not None:
+            outputs.append((result.labels, mask_out))
+        if report is not None:
+            outputs.append((_json_text({"image": str(image), "labels": str(labels), "out": str(out),
+                                        "mask_out": None if mask_out is None else str(mask_out), **result.report}),
+                            report))
+        _write_all(outputs)
+    except MedGenError as error:
+        _fail(error)
+    removed = "every label" if label is None else f"label {label}"
+    remaining = result.labels.labels()
+    console.print(f"wrote {out}: removed {removed} ({result.report['region_voxels']} voxels with the rim; "
+                  f"{n_steps} steps, seed {seed}); labels left: {', '.join(map(str, remaining)) or 'none'}"
+                  + (f", written to {mask_out}" if mask_out is not None else ""))
+
+
+def _case_name(path: Path) -> str:
+    name = path.name
+    for ext in _BATCH_INPUTS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _batch_cases(inputs: list[Path], out_dir: Path) -> list[tuple[str, Path]]:
+    """(case name, image) in a fixed order: files as given, folders expanded to their image files (sorted;
+    segmentations and files inside ``out_dir`` skipped). Case names must be unique."""
+    from napari_medgen.errors import InvalidInputError
+
+    out_dir = out_dir.expanduser().absolute()
+    files: list[Path] = []
+    for item in inputs:
+        path = item.expanduser()
+        if path.is_dir():
+            found = sorted(
+                p for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".")
+                and p.name.lower().endswith(_BATCH_INPUTS)
+                and not any(word in p.name.lower() for word in _NOT_IMAGES)
+                and p.absolute().parent != out_dir
+            )
+            if not found:
+                raise InvalidInputError(
+                    f"No images in {path}: a folder contributes its {', '.join(_BATCH_INPUTS)} files whose names do "
+                    f"not contain {', '.join(_NOT_IMAGES)}."
+                )
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InvalidInputError(f"{item} does not exist; give image files or folders of images.")
+    cases = [(_case_name(p), p) for p in files]
+    names = [name for name, _ in cases]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InvalidInputError(
+            f"Several inputs are named {', '.join(duplicates)}; outputs are named after the input, so give each case "
+            "a unique file name."
+        )
+    return cases
+
+
+def _range(text: str, option: str, low: float, high: float) -> tuple[float, float]:
+    lo, hi = _floats(text, option, count=2)
+    if not (low < lo <= hi <= high):
+        raise MedGenError(f"{option} needs MIN,MAX with {low:g} < MIN <= MAX <= {high:g}; got '{text}'.")
+    return lo, hi
+
+
+def _centre_candidates(volume: Volume, margin_mm: float) -> np.ndarray:
+    """Voxel indices (z, y, x) at least ``margin_mm`` inside the foreground (voxels above the image minimum;
+    skull-stripped scans store their background as the minimum) and the image border."""
+    from scipy import ndimage
+
+    arr = np.asarray(volume.array)
+    inside = np.pad(arr > arr.min(), 1)  # beyond the image counts as background
+    distance = ndimage.distance_transform_edt(inside, sampling=volume.spacing_zyx)[1:-1, 1:-1, 1:-1]
+    return np.argwhere(distance >= margin_mm)
+
+
+def _batch_request(rng: np.random.Generator, volumes: tuple[float, float],
+                   sphericities: tuple[float, float]) -> dict[str, float]:
+    """A random shape request: log-uniform volume (small and large tumours equally often), uniform sphericity."""
+    volume = float(np.exp(rng.uniform(np.log(volumes[0]), np.log(volumes[1]))))
+    return {"VoxelVolume": round(volume, 1), "Sphericity": round(float(rng.uniform(*sphericities)), 3)}
+
+
+_BATCH_HELP = (
+    "Write N synthesized-tumour variants per case for data augmentation (random centres and shapes).\n\n"
+    "Centres: random voxels at least --margin-mm inside the foreground; shapes: random requests from --volume-range "
+    "and --sphericity-range; texture: the model's default. Case i (input order, folders sorted), variant k always "
+    "gets the same result for a --seed.\n\n"
+    "Under `accelerate launch` process r takes the cases i with i % num_processes == r and writes "
+    "manifest-rank<r>.json. Each pair is written atomically; the manifest lists the pairs written so far "
+    "(\"complete\": true at the end)."
+)
+
+
+@app.command("batch", help=_BATCH_HELP)
+def batch_synth(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Image files, or folders: a folder contributes every .nii.gz, .nii, .nrrd and .mha file in it (not "
+        "recursive) except names containing 'label', 'mask' or 'seg'."
+    )],
+    out_dir: Annotated[Path, typer.Option(
+        "--out-dir", help="Output folder: <case>_synth<k>.nii.gz, <case>_synth<k>_mask.nii.gz, manifest-rank<r>.json."
+    )],
+    variants: Annotated[int, typer.Option("--variants", help="Synthesized variants per case.")],
+    volume_range: Annotated[str, typer.Option(
+        "--volume-range", help="Tumour volume MIN,MAX in mm3, drawn log-uniformly."
+    )] = f"{BATCH_VOLUME_RANGE[0]:g},{BATCH_VOLUME_RANGE[1]:g}",
+    sphericity_range: Annotated[str, typer.Option(
+        "--sphericity-range", help="Tumour sphericity MIN,MAX, drawn uniformly."
+    )] = f"{BATCH_SPHERICITY_RANGE[0]:g},{BATCH_SPHERICITY_RANGE[1]:g}",
+    margin_mm: Annotated[float, typer.Option(
+        "--margin-mm", help="Tumour centres lie at least this far inside the foreground (voxels above the image "
+        "minimum) and the image border."
+    )] = BATCH_MARGIN_MM,
+    steps: BridgeStepsOption = None,
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Base seed; case i, variant k always get the same centre, shape and noise."
+    )] = 0,
+    model: BridgeModelOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Write N synthesized-tumour variants per case for data augmentation (random centres and shapes)."""
+    from accelerate import PartialState
+    from rich.markup import escape
+
+    from napari_medgen.core import io
+    from napari_medgen.core.atomic import atomic_write_text
+    from napari_medgen.core.geometry import index_to_physical
+    from napari_medgen.hub import load_cached
+    from napari_medgen.pipelines.tumor_synthesis import DEFAULT_MODEL, check_scan, synthesize_job
+
+    model_name = model or DEFAULT_MODEL
+    # cpu=True: the bridge runs on the CPU and the processes never communicate, so the process group is gloo
+    # on any machine; without it a GPU-less `accelerate launch` would give every process rank 0.
+    state = PartialState(cpu=True)
+    rank, world = int(state.process_index), int(state.num_processes)
+    prefix = escape(f"[rank {rank}] ") if world > 1 else ""  # not rich markup
+    dest = out_dir.expanduser().absolute()
+    written = 0
+    try:
+        _check_edit_counts(seed, steps)
+        if variants < 1:
+            raise MedGenError(f"--variants must be a positive integer; got {variants}.")
+        volumes = _range(volume_range, "--volume-range", 0.0, float("inf"))
+        sphericities = _range(sphericity_range, "--sphericity-range", 0.0, 1.0)
+        if not (np.isfinite(margin_mm) and margin_mm >= 0):
+            raise MedGenError(f"--margin-mm must be 0 or a positive number of millimetres; got {margin_mm}.")
+        if dest.exists() and not dest.is_dir():
+            raise MedGenError(f"{dest} is a file; --out-dir must be a folder.")
+        cases = _batch_cases(inputs, dest)
+        net = load_cached(model_name, expected_type="bridge-unet")  # a wrong model fails before any work
+        n_steps = _bridge_steps(model_name, steps)
+        mine = [(index, name, path) for index, (name, path) in enumerate(cases) if index % world == rank]
+        manifest_path = dest / f"manifest-rank{rank}.json"
+        manifest: dict = {
+            "command": "medgen batch", "model": model_name, "steps": n_steps, "seed": seed, "variants": variants,
+            "volume_range_mm3": list(volumes), "sphericity_range": list(sphericities), "margin_mm": margin_mm,
+            "process_index": rank, "num_processes": world, "cases": [name for _, name, _ in mine],
+            "complete": False, "items": [],
+        }
+        atomic_write_text(manifest_path, _json_text(manifest))
+        for index, name, path in mine:
+            volume = io.read_volume(path)
+            try:
+                check_scan(volume, net)
+            except MedGenError as error:
+                raise MedGenError(f"{path.name}: {error}") from error
+            candidates = _centre_candidates(volume, margin_mm)
+            if len(candidates) == 0:
+                raise MedGenError(
+                    f"{path.name}: no voxel lies {margin_mm:g} mm inside the foreground (voxels above the image "
+                    "minimum) and the image border; lower --margin-mm or use a larger scan."
+                )
+            for k in range(variants):
+                rng = np.random.default_rng([seed, index, k])
+                centre = index_to_physical(volume, candidates[rng.integers(len(candidates))].astype(float))
+                request = _batch_request(rng, volumes, sphericities)
+                job_seed = int(rng.integers(0, 2**31 - 1))
+                job = synthesize_job(volume, center_mm=tuple(float(v) for v in centre), shape_request=request,
+                                     model=model_name, steps=n_steps, seed=job_seed)
+                try:
+                    result = run_with_progress(job, f"{name} variant {k}", quiet=quiet)
+                except MedGenError as error:
+                    raise MedGenError(f"{path.name}, variant {k}: {error}") from error
+                image_name, mask_name = f"{name}_synth{k}.nii.gz", f"{name}_synth{k}_mask.nii.gz"
+                _write_all([(result.image, dest / image_name), (result.labels, dest / mask_name)])
+                written += 1
+                manifest["items"].append({
+                    "case": name, "case_index": index, "source": str(path), "variant": k,
+                    "image": image_name, "mask": mask_name, "center_mm": [float(v) for v in centre],
+                    "shape_request": request, "seed": job_seed, "report": result.report,
+                })
+                atomic_write_text(manifest_path, _json_text(manifest))
+                if not quiet:
+                    console.print(f"{prefix}wrote {image_name} + {mask_name}: {_tumour_summary(result.labels)}")
+        manifest["complete"] = True
+        atomic_write_text(manifest_path, _json_text(manifest))
+    except MedGenError as error:
+        if written:
+            console.print(f"{prefix}{written} pair(s) were written before the error; {dest} has them and their "
+                          "manifest.")
+        _fail(error)
+    console.print(f"{prefix}wrote {written} image/mask pair(s) for {len(mine)} case(s) to {dest} "
+                  f"({n_steps} steps, seed {seed}); manifest {manifest_path.name}")
 
 
 @app.command()

@@ -115,3 +115,66 @@ def tiny_paired(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("tiny_paired")
     return (_save_tiny(root / "guider", "guider", class_values=(1,)),
             _save_tiny(root / "image", "mask", class_values=(1,)))
+
+
+def make_tiny_bridge_checkpoint(folder: Path, spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Path:
+    """A small, untrained but self-consistent texture-bridge checkpoint (random weights, real contract).
+
+    Its feature statistics come from texture features of phantom tumour crops, so every pipeline path
+    (defaults, requested features, reference tumours) runs exactly as with trained weights.
+    """
+    import torch
+
+    from napari_medgen.models.bridge_unet import BridgeUNet
+    from napari_medgen.models.vqgan import VQGAN
+    from napari_medgen.radiomics.conditioning import FeatureNormalizer
+    from napari_medgen.radiomics.texture_condition import TEXTURE_SETTINGS, texture_feature_names, texture_features
+    from napari_medgen.training.bridge_dataset import FILL_VALUE
+
+    torch.manual_seed(0)
+    vqgan = VQGAN(channels=[8], num_res_channels=8, num_embeddings=16, embedding_dim=2,
+                  normalization="percentile_foreground", patch_size=[16, 16, 16])
+    spec = {"config": vqgan.config, "latent_mean": [0.0, 0.0], "latent_std": [1.0, 1.0]}
+    bridge = BridgeUNet(vqgan=spec, feature_names=texture_feature_names(), channels=(8, 16, 16),
+                        attention_levels=(False, True, True), num_head_channels=8, norm_num_groups=4,
+                        num_train_timesteps=100)
+    bridge.vqgan.load_state_dict(vqgan.state_dict())
+    with torch.no_grad():  # MONAI zero-initialises the output and residual convs: wake them so inputs reach the output
+        for parameter in bridge.unet.parameters():
+            if parameter.ndim > 1 and not parameter.any():
+                parameter.normal_(0.0, 0.05)
+    rng = np.random.default_rng(0)
+    crops = rng.uniform(-1.0, 1.0, size=(6, 16, 16, 16))
+    masks = np.zeros(crops.shape, dtype=bool)
+    for i in range(6):
+        r = 3 + i % 3
+        masks[i, 8 - r:8 + r, 8 - r:8 + r, 8 - r:8 + r] = True
+        crops[i][masks[i]] = np.clip(crops[i][masks[i]] * 0.3 + 0.1 * i, -1, 1)
+    values = texture_features(crops, masks)
+    names = texture_feature_names()
+    normalizer = FeatureNormalizer.fit(names, values)
+    extra = {
+        "feature_normalizer": normalizer.to_dict(),
+        "default_features": dict(zip(names, np.median(values, axis=0).tolist(), strict=True)),
+        "feature_ranges": {n: [float(lo), float(hi)] for n, lo, hi in
+                           zip(names, values.min(axis=0), values.max(axis=0), strict=True)},
+        "texture_settings": dict(TEXTURE_SETTINGS),
+        "fill_value": FILL_VALUE,
+        "patch_size": [16, 16, 16],
+        "spacing_mm": list(spacing_mm),
+    }
+    return bridge.save_pretrained(folder, extra=extra, card={"title": "tiny test bridge"})
+
+
+@pytest.fixture(scope="session")
+def tiny_bridge(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a tiny texture-bridge checkpoint (see `make_tiny_bridge_checkpoint`)."""
+    return make_tiny_bridge_checkpoint(tmp_path_factory.mktemp("tiny-bridge") / "model")
+
+
+@pytest.fixture
+def brain_phantom() -> tuple[Volume, LabelMap]:
+    """A 1 mm isotropic 48^3 phantom head with a tumour (labels 1 rim, 2 core), axis-aligned."""
+    from napari_medgen.sample_data import make_phantom
+
+    return make_phantom(shape=(48, 48, 48), spacing=(1.0, 1.0, 1.0), tumour_radius_mm=7.0)

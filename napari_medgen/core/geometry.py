@@ -110,8 +110,8 @@ def crop_around(
     shape = np.asarray(volume.shape)
     if np.any(centre < -0.5) or np.any(centre > shape - 0.5):
         raise InvalidInputError(
-            f"The crop centre {tuple(np.round(center_mm, 3))} mm lies outside the image (voxel index z,y,x "
-            f"{tuple(np.round(centre, 2))}, image shape {volume.shape}). Pick a point inside the volume."
+            f"The crop centre {tuple(np.round(center_mm, 3).tolist())} mm lies outside the image (voxel index z,y,x "
+            f"{tuple(np.round(centre, 2).tolist())}, image shape {volume.shape}). Pick a point inside the volume."
         )
     start = np.floor(centre - (size - 1) / 2.0 + 0.5).astype(int)
     stop = start + size
@@ -155,7 +155,7 @@ def _start_from_origin(target: Volume, patch: Volume) -> tuple[int, int, int]:
     if np.max(np.abs(idx - rounded)) > 1e-3:
         raise GeometryMismatchError(
             f"The patch origin {patch.origin} falls between the target's voxels (index "
-            f"{tuple(np.round(idx, 3))}); "
+            f"{tuple(np.round(idx, 3).tolist())}); "
             "pass start_zyx explicitly or resample the patch with resample_like."
         )
     return tuple(int(v) for v in rounded)  # type: ignore[return-value]

@@ -139,3 +139,30 @@ def save_montage(path: str | Path, volume: Volume, labels: LabelMap | None = Non
     with atomic_file(out) as tmp:
         canvas.save(tmp, format="PNG")
     return out
+
+
+def save_montage_rows(path: str | Path, rows: Sequence[tuple[Volume, LabelMap | None]], **kwargs) -> Path:
+    """Several montages stacked top to bottom (e.g. before / after an edit), all centred on the same voxel:
+    the first row's label centroid unless ``center_index`` is given. Written atomically."""
+    from PIL import Image
+
+    from napari_medgen.core.atomic import atomic_file
+
+    out = Path(path)
+    if out.suffix.lower() != ".png" or not rows:
+        raise InvalidInputError(f"Montages are PNG files of at least one row; got '{out.name}' with {len(rows)} rows.")
+    if kwargs.get("center_index") is None:
+        for _, labels in rows:
+            if labels is not None and np.any(labels.array):
+                _, label_arr, _ = _to_lps_arrays(labels, labels)
+                kwargs["center_index"] = [int(round(c)) for c in np.argwhere(label_arr).mean(axis=0)]
+                break
+    images = [montage_image(volume, labels, **kwargs) for volume, labels in rows]
+    canvas = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images) + 4 * (len(images) - 1)))
+    top = 0
+    for image in images:
+        canvas.paste(image, (0, top))
+        top += image.height + 4
+    with atomic_file(out) as tmp:
+        canvas.save(tmp, format="PNG")
+    return out

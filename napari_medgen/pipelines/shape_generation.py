@@ -450,8 +450,8 @@ def place_shape(shape_mask: LabelMap, reference: Volume, center_mm: Sequence[flo
     index = physical_to_index(reference, centre)
     if np.any(index < -0.5) or np.any(index > np.asarray(reference.shape) - 0.5):
         raise InvalidInputError(
-            f"The centre {tuple(np.round(centre, 2))} mm lies outside the image (voxel z,y,x "
-            f"{tuple(np.round(index, 1))}, image shape {reference.shape}); pick a point inside it."
+            f"The centre {tuple(np.round(centre, 2).tolist())} mm lies outside the image (voxel z,y,x "
+            f"{tuple(np.round(index, 1).tolist())}, image shape {reference.shape}); pick a point inside it."
         )
     moved = shape_mask.with_array(shape_mask.array, origin=tuple(np.asarray(shape_mask.origin) + centre))
     placed = resample_like(moved, reference, interpolator="nearest")

@@ -454,3 +454,37 @@ def describe_pairs(pairs: Sequence[CasePair], splits: Mapping[str, Sequence[str]
     exts = sorted({p.image.name[len(p.image.name.split('.')[0]):] or p.image.suffix for p in pairs})
     return (f"{len(pairs)} cases ({', '.join(exts)}): train {len(splits['train'])}, val {len(splits['val'])}, "
             f"test {len(splits['test'])}")
+
+
+class CaseSplit:
+    """The image/label pairs a 3D task's ``data:`` section names, and their case split, found once.
+
+    ``data`` needs ``root, case_image, case_label, allow_unpaired, val_fraction, test_fraction, split_seed,
+    group_by``; problems become `ConfigError` naming the ``data:`` section.
+    """
+
+    def __init__(self, data: Any) -> None:
+        self._data = data
+        self._pairs: list[CasePair] | None = None
+        self._splits: dict[str, list[str]] | None = None
+
+    def all(self) -> tuple[list[CasePair], dict[str, list[str]]]:
+        """Every pair and the case ids per split (train / val / test)."""
+        from napari_medgen.errors import ConfigError
+
+        if self._pairs is None or self._splits is None:
+            d = self._data
+            try:
+                self._pairs = find_pairs(d.root, case_image=d.case_image, case_label=d.case_label,
+                                         allow_unpaired=d.allow_unpaired)
+                self._splits = split_cases([p.case_id for p in self._pairs], val_fraction=d.val_fraction,
+                                           test_fraction=d.test_fraction, seed=d.split_seed, group_by=d.group_by)
+            except InvalidInputError as error:
+                raise ConfigError(f"data: {error}") from error
+        return self._pairs, self._splits
+
+    def pairs(self, split: str) -> list[CasePair]:
+        """The pairs of one split."""
+        pairs, splits = self.all()
+        wanted = set(splits[split])
+        return [p for p in pairs if p.case_id in wanted]

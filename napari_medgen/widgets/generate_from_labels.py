@@ -214,9 +214,8 @@ class GenerateFromLabelsWidget(Container):
 
     # ---- worker --------------------------------------------------------------------------------------
     def _start(self) -> None:
-        from napari.qt.threading import create_worker
-
         from napari_medgen.pipelines.slice_generation import generate_from_labels_job
+        from napari_medgen.widgets.feedback import start_job_worker
 
         try:
             labels, options, name, is_2d = self.request()
@@ -228,14 +227,10 @@ class GenerateFromLabelsWidget(Container):
         self._cancel.enabled = True
         self._progress.value = 0
         self._status.value = "loading model..."
-        self.worker = create_worker(generate_from_labels_job, labels, **options, _start_thread=False,
-                                    _ignore_errors=True)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self._add_layer)
-        self.worker.errored.connect(self._report)
-        self.worker.aborted.connect(self._on_aborted)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
+        self.worker = start_job_worker(
+            generate_from_labels_job, labels, **options, on_progress=self._on_progress, on_returned=self._add_layer,
+            on_error=self._report, on_aborted=self._on_aborted, on_finished=self._on_finished,
+        )
 
     def cancel(self) -> None:
         """Stop at the next sampling step; nothing is added."""

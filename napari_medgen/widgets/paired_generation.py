@@ -94,9 +94,8 @@ class PairedGenerationWidget(Container):
         }
 
     def _start(self) -> None:
-        from napari.qt.threading import create_worker
-
         from napari_medgen.pipelines.paired_generation import generate_pairs_job
+        from napari_medgen.widgets.feedback import start_job_worker
 
         try:
             options = self.options()
@@ -109,13 +108,11 @@ class PairedGenerationWidget(Container):
         self._progress.value = 0
         self._status.value = "loading models..."
         n = options.pop("n")
-        self.worker = create_worker(generate_pairs_job, n, **options, _start_thread=False, _ignore_errors=True)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self._add_layers)
-        self.worker.errored.connect(self._report)
-        self.worker.aborted.connect(lambda: setattr(self._status, "value", "cancelled: nothing was added"))
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
+        self.worker = start_job_worker(
+            generate_pairs_job, n, **options, on_progress=self._on_progress, on_returned=self._add_layers,
+            on_error=self._report, on_aborted=lambda: setattr(self._status, "value", "cancelled: nothing was added"),
+            on_finished=self._on_finished,
+        )
 
     def cancel(self) -> None:
         """Stop at the next sampling step; nothing is added."""

@@ -41,11 +41,10 @@ from napari_medgen.models.vqgan import VQGAN, check_vqgan_normalization, normali
 from napari_medgen.training.config import TrainConfig
 from napari_medgen.training.datasets import (
     CasePair,
+    CaseSplit,
     PatchDataset,
     binary_relabel,
     describe_pairs,
-    find_pairs,
-    split_cases,
 )
 from napari_medgen.training.task import LossDict, TrainingTask
 from napari_medgen.training.tasks import register_task
@@ -224,8 +223,7 @@ class VQGANTask(TrainingTask):
 
     def __init__(self, config: TrainConfig, where: str = "the config") -> None:
         super().__init__(config, where)
-        self._pairs: list[CasePair] | None = None
-        self._splits: dict[str, list[str]] | None = None
+        self._cases = CaseSplit(self.data_config)
         self._fakes: list[torch.Tensor] = []  # reconstructions of this step's micro-batches, for the discriminator
         self._fakes_step = -1
         self._reset_step = -1
@@ -235,21 +233,10 @@ class VQGANTask(TrainingTask):
 
     # ---- data -----------------------------------------------------------------------------------
     def _data(self) -> tuple[list[CasePair], dict[str, list[str]]]:
-        if self._pairs is None or self._splits is None:
-            d: VQGANDataConfig = self.data_config
-            try:
-                self._pairs = find_pairs(d.root, case_image=d.case_image, case_label=d.case_label,
-                                         allow_unpaired=d.allow_unpaired)
-                self._splits = split_cases([p.case_id for p in self._pairs], val_fraction=d.val_fraction,
-                                           test_fraction=d.test_fraction, seed=d.split_seed, group_by=d.group_by)
-            except InvalidInputError as error:
-                raise ConfigError(f"data: {error}") from error
-        return self._pairs, self._splits
+        return self._cases.all()
 
     def _split_pairs(self, name: str) -> list[CasePair]:
-        pairs, splits = self._data()
-        wanted = set(splits[name])
-        return [p for p in pairs if p.case_id in wanted]
+        return self._cases.pairs(name)
 
     def _patches(self, pairs: list[CasePair], count: int) -> PatchDataset:
         d: VQGANDataConfig = self.data_config
