@@ -425,7 +425,7 @@ def describe_model(model: str) -> dict[str, Any]:
     splits = extra.get("splits", {})
     bridge_params = sum(p.numel() for name, p in net.named_parameters() if not name.startswith("vqgan."))
     return {
-        "model": str(model), "folder": str(folder),
+        "model": str(model), "folder": os.path.relpath(folder, ROOT),  # relative: results files are tracked
         "training_cases": len(splits.get("train", [])), "splits": splits,
         "training_steps": card.get("steps"), "effective_batch": card.get("effective_batch"),
         "hardware": next((line.strip() for line in (folder / "README.md").read_text(encoding="utf-8").splitlines()

@@ -555,17 +555,6 @@ def _check_edit_counts(seed: int, steps: int | None) -> None:
         raise MedGenError(f"--steps must be at least 1; got {steps}.")
 
 
-def _bridge_steps(model: str, steps: int | None) -> int:
-    """The requested steps, or the backend's default capped by the checkpoint's training schedule."""
-    from napari_medgen.hub import read_checkpoint_config
-    from napari_medgen.pipelines.tumor_synthesis import DEFAULT_STEPS
-
-    if steps is not None:
-        return steps
-    total = read_checkpoint_config(model)["config"].get("num_train_timesteps", DEFAULT_STEPS)
-    return min(DEFAULT_STEPS, int(total))
-
-
 def _texture_settings(items: list[str] | None) -> dict[str, float]:
     """``--texture Name=value`` pairs (texture feature names, ``original_`` prefix optional) as floats."""
     out: dict[str, float] = {}
@@ -746,9 +735,8 @@ def synth(
         if texture_from is not None:
             ref_image = io.read_volume(texture_from[0])
             reference = (ref_image, io.read_labels(texture_from[1], reference=ref_image), texture_from_label)
-        n_steps = _bridge_steps(model_name, steps)
         job = synthesize_job(volume, center_mm=centre, shape=shape, shape_request=shape_request,
-                             texture=texture_request, texture_from=reference, model=model_name, steps=n_steps,
+                             texture=texture_request, texture_from=reference, model=model_name, steps=steps,
                              seed=seed, label_value=label_value)
         result = run_with_progress(job, "synth", quiet=quiet)
         outputs: list[tuple[Volume | str, Path]] = [(result.image, out), (result.labels, mask_out)]
@@ -761,7 +749,7 @@ def synth(
     where = result.report.get("center_mm")
     place = f" at {tuple(round(v, 1) for v in where)} mm" if where else ""
     console.print(f"wrote {out} and {mask_out}: new tumour of {_tumour_summary(result.labels)}{place} "
-                  f"({result.report['shape_from']}; {n_steps} steps, seed {seed})")
+                  f"({result.report['shape_from']}; {result.report['steps']} steps, seed {seed})")
 
 
 @app.command("remove")
@@ -796,8 +784,7 @@ def remove_tumour(
         _check_distinct([out, mask_out, report])
         volume = io.read_volume(image)
         label_map = io.read_labels(labels, reference=volume)
-        n_steps = _bridge_steps(model_name, steps)
-        job = remove_job(volume, label_map, label, model=model_name, steps=n_steps, seed=seed)
+        job = remove_job(volume, label_map, label, model=model_name, steps=steps, seed=seed)
         result = run_with_progress(job, "remove", quiet=quiet)
         outputs: list[tuple[Volume | str, Path]] = [(result.image, out)]
         if mask_out is not None:
@@ -810,9 +797,9 @@ def remove_tumour(
     except MedGenError as error:
         _fail(error)
     removed = "every label" if label is None else f"label {label}"
-    remaining = result.labels.labels()
+    remaining = ", ".join(map(str, result.labels.labels())) or "none"
     console.print(f"wrote {out}: removed {removed} ({result.report['region_voxels']} voxels with the rim; "
-                  f"{n_steps} steps, seed {seed}); labels left: {', '.join(map(str, remaining)) or 'none'}"
+                  f"{result.report['steps']} steps, seed {seed}); labels left: {remaining}"
                   + (f", written to {mask_out}" if mask_out is not None else ""))
 
 
@@ -933,7 +920,7 @@ def batch_synth(
     from napari_medgen.core.atomic import atomic_write_text
     from napari_medgen.core.geometry import index_to_physical
     from napari_medgen.hub import load_cached
-    from napari_medgen.pipelines.tumor_synthesis import DEFAULT_MODEL, check_scan, synthesize_job
+    from napari_medgen.pipelines.tumor_synthesis import DEFAULT_MODEL, check_scan, resolve_steps, synthesize_job
 
     model_name = model or DEFAULT_MODEL
     # cpu=True: the bridge runs on the CPU and the processes never communicate, so the process group is gloo
@@ -955,7 +942,7 @@ def batch_synth(
             raise MedGenError(f"{dest} is a file; --out-dir must be a folder.")
         cases = _batch_cases(inputs, dest)
         net = load_cached(model_name, expected_type="bridge-unet")  # a wrong model fails before any work
-        n_steps = _bridge_steps(model_name, steps)
+        n_steps = resolve_steps(net, steps)
         mine = [(index, name, path) for index, (name, path) in enumerate(cases) if index % world == rank]
         manifest_path = dest / f"manifest-rank{rank}.json"
         manifest: dict = {

@@ -18,6 +18,7 @@ a layer object (duck-typed) or a ``(data, meta)`` pair as napari writers receive
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -293,6 +294,12 @@ def layer_to_volume(
     if kind != "image":
         raise InvalidInputError(f"Only image and labels layers can become volumes; got a {kind} layer.")
     return Volume(arr, spacing, origin, direction, header)
+
+
+def snapshot(volume: Volume) -> Volume:
+    """A copy of a layer-backed volume whose voxels no later edit of the layer (painting) can change: what a
+    worker thread must read while the user keeps working."""
+    return replace(volume, array=np.array(volume.array))
 
 
 def labels_layer_to_labelmap(

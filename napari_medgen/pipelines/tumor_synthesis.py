@@ -208,13 +208,25 @@ def resolve_texture(
 
 
 # ---- the edit ------------------------------------------------------------------------------------------
+def resolve_steps(model: Any, steps: int | None = None) -> int:
+    """``steps`` checked against the model's training schedule, or (None) `DEFAULT_STEPS` capped by it.
+    ``model`` is a loaded bridge or a checkpoint name / folder."""
+    net = _load(model) if isinstance(model, str | Path) else model
+    total = int(net.config["num_train_timesteps"])
+    if steps is None:
+        return min(DEFAULT_STEPS, total)
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or not 1 <= steps <= total:
+        raise InvalidInputError(f"steps must be an integer from 1 to {total}; got {steps!r}.")
+    return int(steps)
+
+
 def _edit_job(
     volume: Volume,
     region: np.ndarray,
     net: Any,
     features: Mapping[str, float] | None,
     *,
-    steps: int,
+    steps: int | None,
     seed: int,
     eta: float,
     blend_mm: float,
@@ -223,9 +235,7 @@ def _edit_job(
     """Repaint ``region`` of ``volume`` (features: synthesis path; None: removal path). Returns the new array."""
     import torch
 
-    total = int(net.config["num_train_timesteps"])
-    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or not 1 <= steps <= total:
-        raise InvalidInputError(f"steps must be an integer from 1 to {total}; got {steps!r}.")
+    steps = resolve_steps(net, steps)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise InvalidInputError(f"seed must be 0 or a positive integer; got {seed!r}.")
     if not (np.isfinite(blend_mm) and blend_mm >= 0) or not (np.isfinite(eta) and eta >= 0):
@@ -327,7 +337,7 @@ def synthesize_job(
     texture: Mapping[str, float] | None = None,
     texture_from: tuple[Any, ...] | None = None,
     model: str | Path = DEFAULT_MODEL,
-    steps: int = DEFAULT_STEPS,
+    steps: int | None = None,
     seed: int = 0,
     eta: float = 1.0,
     blend_mm: float = 2.0,
@@ -353,7 +363,7 @@ def remove_job(
     label: int | None = None,
     *,
     model: str | Path = DEFAULT_MODEL,
-    steps: int = DEFAULT_STEPS,
+    steps: int | None = None,
     seed: int = 0,
     eta: float = 1.0,
     margin_mm: float = 2.0,
@@ -385,7 +395,7 @@ def retexture_job(
     texture: Mapping[str, float] | None = None,
     texture_from: tuple[Any, ...] | None = None,
     model: str | Path = DEFAULT_MODEL,
-    steps: int = DEFAULT_STEPS,
+    steps: int | None = None,
     seed: int = 0,
     eta: float = 1.0,
     blend_mm: float = 2.0,
@@ -434,7 +444,7 @@ def resize_job(
     *,
     texture: Mapping[str, float] | None = None,
     model: str | Path = DEFAULT_MODEL,
-    steps: int = DEFAULT_STEPS,
+    steps: int | None = None,
     seed: int = 0,
     eta: float = 1.0,
     blend_mm: float = 2.0,
@@ -463,7 +473,7 @@ def move_job(
     *,
     texture: Mapping[str, float] | None = None,
     model: str | Path = DEFAULT_MODEL,
-    steps: int = DEFAULT_STEPS,
+    steps: int | None = None,
     seed: int = 0,
     eta: float = 1.0,
     blend_mm: float = 2.0,
@@ -535,6 +545,7 @@ __all__ = [
     "remove_job",
     "resize",
     "resize_job",
+    "resolve_steps",
     "resolve_texture",
     "retexture",
     "retexture_job",

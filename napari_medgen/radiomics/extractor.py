@@ -87,6 +87,11 @@ def _feature_names(classes: list[str]) -> list[str]:
     return names
 
 
+def feature_names(feature_classes: Iterable[str] | None = None) -> list[str]:
+    """The ``original_<class>_<Feature>`` names these classes give, in the order the extractors return them."""
+    return _feature_names(_classes(feature_classes))
+
+
 def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
     idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != d))) for d in range(mask.ndim)]
     return tuple(slice(int(i[0]), int(i[-1]) + 1) for i in idx)

@@ -28,9 +28,9 @@ MIN_TEXTURE_VOXELS = 27
 
 def texture_feature_names() -> list[str]:
     """The names, in the order the bridge model's tokens use (``original_<class>_<Feature>``)."""
-    from napari_medgen.radiomics.extractor import _classes, _feature_names
+    from napari_medgen.radiomics.extractor import feature_names
 
-    return _feature_names(_classes(TEXTURE_CLASSES))
+    return feature_names(TEXTURE_CLASSES)
 
 
 def texture_features(

@@ -14,7 +14,6 @@ own geometry only when the job finishes; a cancelled or failed run adds nothing.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,11 +63,6 @@ def present_classes(layer_data: Any, values: list[int]) -> set[int]:
     """Which of ``values`` occur in a labels layer's data (one comparison per class, no full np.unique)."""
     arr = np.asarray(layer_data)
     return {v for v in values if np.any(arr == v)}
-
-
-def _snapshot(volume: Any) -> Any:
-    """A copy of a layer-backed volume whose voxels no later edit of the layer can change."""
-    return replace(volume, array=np.array(volume.array))
 
 
 def layer_kwargs_2d(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +168,7 @@ class GenerateFromLabelsWidget(Container):
     # ---- request -------------------------------------------------------------------------------------
     def request(self) -> tuple[LabelMap, dict[str, Any], str, bool]:
         """(labels, pipeline options, output layer name, source is 2D) from the current widget state."""
-        from napari_medgen.layers import labels_layer_to_labelmap, layer_to_volume
+        from napari_medgen.layers import labels_layer_to_labelmap, layer_to_volume, snapshot
 
         layer = self._labels.value
         if layer is None:
@@ -184,12 +178,12 @@ class GenerateFromLabelsWidget(Container):
             raise InvalidInputError("Give a model: a bundled name (e.g. seg2img-brain) or a checkpoint folder.")
         ref_layer = self._reference.value
         if ref_layer is not None:
-            reference: Volume | None = _snapshot(layer_to_volume(ref_layer))
+            reference: Volume | None = snapshot(layer_to_volume(ref_layer))
             labels = labels_layer_to_labelmap(layer, reference)
         else:
             reference = None
             labels = layer_to_volume(layer, layer_type="labels")
-        labels = _snapshot(labels)  # the user may keep painting while the worker reads the labels
+        labels = snapshot(labels)  # the user may keep painting while the worker reads the labels
         is_2d = np.ndim(layer.data) == 2
         seed = int(self._seed.value)
         options = {

@@ -39,7 +39,7 @@ from magicgui.widgets import (
 )
 
 from napari_medgen.errors import DimensionError, InvalidInputError, MedGenError
-from napari_medgen.widgets.generate_from_labels import _snapshot
+from napari_medgen.layers import snapshot
 from napari_medgen.widgets.tumour_shape import point_to_physical
 
 if TYPE_CHECKING:
@@ -256,7 +256,7 @@ class TumourSynthesisWidget(Container):
                 f"{tuple(getattr(layer.data, 'shape', ()))}). Open a 3D volume (for 2D images use Generate from "
                 "labels)."
             )
-        return layer, _snapshot(layer_to_volume(layer))
+        return layer, snapshot(layer_to_volume(layer))
 
     def _tumour(self, volume: Volume) -> LabelMap:
         from napari_medgen.layers import labels_layer_to_labelmap
@@ -264,7 +264,7 @@ class TumourSynthesisWidget(Container):
         layer = self._labels.value
         if layer is None:
             raise InvalidInputError("Choose the tumour labels layer (the segmentation of the tumour on this image).")
-        return _snapshot(labels_layer_to_labelmap(layer, volume))
+        return snapshot(labels_layer_to_labelmap(layer, volume))
 
     def _point(self, what: str) -> tuple[float, float, float]:
         if self._points.value is None:
@@ -285,8 +285,8 @@ class TumourSynthesisWidget(Container):
         if ref_image is None or ref_image is self._image.value:
             reference = volume
         else:
-            reference = _snapshot(layer_to_volume(ref_image))
-        labels = _snapshot(labels_layer_to_labelmap(ref_labels, reference))
+            reference = snapshot(layer_to_volume(ref_image))
+        labels = snapshot(labels_layer_to_labelmap(ref_labels, reference))
         return reference, labels, int(self._texture_label.value) or None
 
     def _shape(self, volume: Volume) -> tuple[LabelMap, tuple[float, float, float] | None]:
