@@ -252,36 +252,14 @@ def mesh_volume_area_padded(padded: np.ndarray, spacing_zyx: tuple[float, float,
                             origins: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`mesh_volume_area` of a C-contiguous boolean batch already zero-padded by one voxel on every side.
 
-    The cube configurations are built on the flattened batch with shifted slices (cheap contiguous passes):
-    a cube whose corners would wrap into the next row, slice or crop has all its corners in padding, so it
-    reads as empty and drops out with the all-outside cubes.
+    One compiled pass (`kernels.cube_histogram`) counts each crop's surface-cube configurations and sums their
+    positions against the linear volume term; both tables are then applied per crop.
     """
-    n = padded.shape[0]
-    sz, sy = padded.shape[2] * padded.shape[3], padded.shape[3]
-    flat = padded.reshape(-1).view(np.uint8)
-    size = flat.size
-    # two reused buffers (fresh large arrays cost page faults): corner bits along z, then y, then x
-    buf = np.empty(size, dtype=np.uint8)
-    step = np.empty(size, dtype=np.uint8)
-    config = np.left_shift(flat[sz:], 1, out=buf[:size - sz])
-    config |= flat[:-sz]
-    n1 = size - sz - sy
-    np.left_shift(config[sy:], 2, out=step[:n1])
-    step[:n1] |= config[:n1]
-    config = np.left_shift(step[1:n1], 4, out=buf[:n1 - 1])
-    config |= step[:n1 - 1]
-    np.add(config, np.uint8(255), out=step[:n1 - 1])  # c - 1 (mod 256): 0 -> 255, 255 -> 254
-    surface = np.flatnonzero(step[:n1 - 1] < 254)  # cubes neither all outside nor all inside
-    config = config[surface].astype(np.intp)
-    crop, rest = np.divmod(surface, padded[0].size)
-    hist = np.bincount(crop * 256 + config, minlength=n * 256).reshape(n, 256)
+    from napari_medgen.radiomics import kernels
+
     const, linear = volume_tables()
-    # Sum over surface cubes of position . linear term (exact: integers well below 2**53).
-    i, rest = np.divmod(rest, sz)
-    j, k = np.divmod(rest, sy)
-    pos = i * linear[config, 0] + j * linear[config, 1] + k * linear[config, 2]
-    pos_sum = np.rint(np.bincount(crop, weights=pos, minlength=n)).astype(np.int64)
+    hist, pos_sum = kernels.cube_histogram(np.ascontiguousarray(padded).view(np.uint8), linear)
     if origins is not None:
-        pos_sum -= (hist @ linear * np.asarray(origins, dtype=np.int64)).sum(1)
+        pos_sum = pos_sum - (hist @ linear * np.asarray(origins, dtype=np.int64)).sum(1)
     volume_index = (hist @ const) / 48.0 + pos_sum / 24.0
     return volume_index * float(np.prod(spacing_zyx)), hist @ area_table(spacing_zyx)

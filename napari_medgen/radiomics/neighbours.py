@@ -2,8 +2,8 @@
 
 N crops are laid out in one C-ordered array of shape (N, Z + 2p, Y + 2p, X + 2p), p being the largest
 neighbour offset. Its zero border marks "outside the ROI" (gray level 0) and keeps ``flat_index + step`` of
-any ROI voxel inside its own crop, so a neighbour lookup for every ROI voxel of every crop is a single
-fancy-index gather, and a crop never sees its neighbour's voxels.
+any ROI voxel inside its own crop, so the compiled loops of `kernels` read every neighbour of every ROI
+voxel of every crop with one addition and no bounds checks, and a crop never sees its neighbour's voxels.
 """
 
 from __future__ import annotations
@@ -54,18 +54,19 @@ class VoxelLattice:
     """ROI voxels of N crops and their gray levels, in one zero-padded flat array.
 
     ``index``, ``levels`` and ``crop`` are per ROI voxel, in ascending flat order (hence crop-major, and the
-    same order as ``images[masks]``); crop k owns entries ``starts[k]:starts[k + 1]``.
+    same order as ``images[masks]``); crop k owns entries ``starts[k]:starts[k + 1]``. ``store`` is the flat
+    lattice with ``margin`` extra zeros on both sides: the neighbour at ``step`` of ROI voxel v is
+    ``store[index[v] + margin + step]``, never out of bounds and never in another crop.
     """
 
-    flat: np.ndarray  # gray level of every padded voxel, 0 outside the ROI (a view into ``_store``)
     index: np.ndarray  # flat index of every ROI voxel (intp, ascending)
-    levels: np.ndarray  # gray level (1..n_levels) of every ROI voxel, dtype of ``flat``
+    levels: np.ndarray  # gray level (1..n_levels) of every ROI voxel, dtype of ``store``
     crop: np.ndarray  # crop number of every ROI voxel (intp)
     starts: np.ndarray  # (N + 1,) first ROI voxel of each crop, then the total
     shape: tuple[int, int, int, int]  # padded (N, Z, Y, X)
     n_levels: int  # largest gray level of the batch
-    _store: np.ndarray  # ``flat`` with ``_margin`` zeros on both sides, so shifted views need no copy
-    _margin: int
+    store: np.ndarray  # gray level of every padded voxel (0 outside the ROI), with ``margin`` zeros around
+    margin: int
 
     @property
     def n_crops(self) -> int:
@@ -74,45 +75,10 @@ class VoxelLattice:
     def steps(self, offsets: np.ndarray) -> np.ndarray:
         return flat_offsets(offsets, self.shape)
 
-    def shifted(self, step: int) -> np.ndarray:
-        """View ``v`` of the flat levels with ``v[i] == flat[i + step]`` (no copy, thanks to the margins)."""
-        start = self._margin + int(step)
-        return self._store[start:start + self.flat.size]
-
-    def ranker(self) -> RankIndex:
-        """Index that turns flat positions of ROI voxels back into their positions in ``index``."""
-        return RankIndex(self.index, self.flat.size)
-
     def coords(self, k: int) -> np.ndarray:
         """(n, 3) padded (z, y, x) coordinates of the ROI voxels of crop ``k``."""
         sl = self.index[self.starts[k]:self.starts[k + 1]]
         return np.stack(np.unravel_index(sl, self.shape)[1:], axis=1)
-
-
-class RankIndex:
-    """Rank of ROI voxels from their flat positions, without a lattice-sized lookup table.
-
-    The flat lattice is cut into 64-voxel words holding one bit per ROI voxel. The rank of a voxel is the
-    number of ROI voxels in earlier words (a prefix sum) plus the set bits below it in its own word (a
-    popcount), since ``index`` is in flat order. This touches about 1/64 of the lattice (a few MB) instead of
-    the tens of MB (and their page faults) of a full int32 lattice; shifts and masks replace divisions.
-    """
-
-    def __init__(self, index: np.ndarray, size: int) -> None:
-        key = index >> 6
-        first = np.flatnonzero(np.diff(key, prepend=-1))  # voxels are sorted, so equal keys are adjacent
-        self._words = np.zeros((int(size) >> 6) + 1, dtype=np.uint64)
-        bits = np.left_shift(np.uint64(1), (index & 63).astype(np.uint64))
-        self._words[key[first]] = np.bitwise_or.reduceat(bits, first) if first.size else bits[:0]
-        counts = np.bitwise_count(self._words)
-        self._before = np.cumsum(counts, dtype=np.int64) - counts
-
-    def __call__(self, flat: np.ndarray) -> np.ndarray:
-        """Ranks of the ROI voxels at flat positions ``flat`` (which must all be ROI voxels)."""
-        u = np.ascontiguousarray(flat, dtype=np.int64).view(np.uint64)
-        key = u >> np.uint64(6)
-        below = self._words[key] & (np.left_shift(np.uint64(1), u & np.uint64(63)) - np.uint64(1))
-        return self._before[key] + np.bitwise_count(below)
 
 
 def build_lattice(masks: np.ndarray, levels: np.ndarray, pad: int) -> VoxelLattice:
@@ -133,10 +99,9 @@ def build_lattice(masks: np.ndarray, levels: np.ndarray, pad: int) -> VoxelLatti
     size = int(np.prod(shape))
     margin = pad * (shape[2] * shape[3] + shape[3] + 1)  # the largest neighbour step
     store = np.zeros(size + 2 * margin, dtype=dtype)
-    flat = store[margin:margin + size]
-    flat[index] = lv
+    store[index + margin] = lv
     counts = np.count_nonzero(masks.reshape(n, -1), axis=1)
     starts = np.zeros(n + 1, dtype=np.intp)
     np.cumsum(counts, out=starts[1:])
     crop = np.repeat(np.arange(n, dtype=np.intp), counts)
-    return VoxelLattice(flat, index, lv, crop, starts, shape, n_levels, store, margin)
+    return VoxelLattice(index, lv, crop, starts, shape, n_levels, store, margin)

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from napari_medgen.radiomics import kernels
 from napari_medgen.radiomics.neighbours import VoxelLattice, angles
 from napari_medgen.radiomics.settings import RadiomicsSettings
 
@@ -99,30 +100,6 @@ def _angle_weights(offsets: np.ndarray, norm: str, spacing_zyx: np.ndarray, glcm
     return np.exp(-(dist**2)) if glcm else dist
 
 
-def _components(parent: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Union-find over links ``src[k] -- dst[k]``: returns every node's root (the smallest node of its component).
-
-    ``parent`` is the starting forest, of depth <= 1 with roots smaller than their nodes (e.g. ``arange``); it
-    may be overwritten. Each round hooks the larger root of every still-split link onto the smaller one (when
-    several links hook the same root, any one wins and the others wait for the next round), then compresses
-    paths by pointer jumping.
-    """
-    while src.size:
-        ps = parent[src]
-        pd = parent[dst]
-        split = ps != pd
-        if not split.any():
-            break
-        src, dst, ps, pd = src[split], dst[split], ps[split], pd[split]
-        parent[np.maximum(ps, pd)] = np.minimum(ps, pd)
-        while True:
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
-    return parent
-
-
 def _pair_counts(group: np.ndarray, value: np.ndarray, n_groups: int, small: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (group, value) combinations as (group, count) arrays; ``value`` are ints >= 1.
 
@@ -143,218 +120,58 @@ def _pair_counts(group: np.ndarray, value: np.ndarray, n_groups: int, small: int
 
 # ----------------------------------------------------------------------------------------------- matrices
 class _Matrices:
-    """Raw texture counts of a lattice, built in one sweep over the neighbour directions.
-
-    Per direction the forward and backward neighbour levels of every ROI voxel are gathered once (into
-    reused buffers: fresh large arrays cost page faults) and shared by all requested classes.
-    """
+    """Raw texture counts of a lattice: one compiled pass over the ROI voxels per kind of count
+    (`kernels`), then cut to gray levels 1..G and shaped as the feature formulas expect."""
 
     def __init__(self, lat: VoxelLattice, settings: RadiomicsSettings, classes: list[str]) -> None:
         self.n = lat.n_crops
         g = lat.n_levels
         self.g = g
         g1 = g + 1
-        n_vox = lat.index.size
-        lv = lat.levels
-        lvi = lv.astype(np.intp)
-        cl = lat.crop * g1
-        cl += lvi  # (crop, level) code of every ROI voxel
-        nvox = np.bincount(cl, minlength=self.n * g1).reshape(self.n, g1)[:, 1:]
+        nvox = np.bincount(lat.crop * g1 + lat.levels, minlength=self.n * g1).reshape(self.n, g1)[:, 1:]
         self.nvox = nvox.astype(np.float64)
         self.present = nvox > 0
+        self.n_voxels = np.diff(lat.starts).astype(np.float64)
 
-        offs_all = angles(settings.distances, settings.force2D, settings.force2Ddimension)
-        offs_unit = angles((1,), settings.force2D, settings.force2Ddimension)
-        self.offs_all, self.offs_unit = offs_all, offs_unit
+        self.offs_all = angles(settings.distances, settings.force2D, settings.force2Ddimension)
+        self.offs_unit = angles((1,), settings.force2D, settings.force2Ddimension)
         want = set(classes)
         use_all = bool(want & {"glcm", "gldm", "ngtdm"})
-        use_unit = bool(want & {"glrlm", "glszm"})
-        all_pos = {tuple(o): a for a, o in enumerate(offs_all)} if use_all else {}
-        unit_pos = {tuple(o): a for a, o in enumerate(offs_unit)} if use_unit else {}
+        use_unit = bool(want & {"glrlm"})
+        all_pos = {tuple(o): a for a, o in enumerate(self.offs_all)} if use_all else {}
+        unit_pos = {tuple(o): u for u, o in enumerate(self.offs_unit)} if use_unit else {}
         keys = list(all_pos) + [k for k in unit_pos if k not in all_pos]
-        steps = lat.steps(np.array(keys, dtype=np.int64).reshape(-1, 3))
-        n_all, n_unit = len(offs_all), len(offs_unit)
-        alpha = settings.gldm_a
-        glcm_unit = "glcm" in want and all(k in all_pos for k in unit_pos)
-        # GLDM with alpha 0 on the 26-neighbourhood counts exactly the "same level" links GLSZM/GLRLM need;
-        # when NGTDM gathers the backward neighbours anyway, comparing them is cheaper still
-        gldm_links = ("gldm" in want and use_unit and alpha == 0 and set(all_pos) == set(unit_pos)
-                      and "ngtdm" not in want)
-        gldm_same = "gldm" in want and alpha == 0 and not gldm_links
-
-        # one 8-byte scratch per voxel, reused in turn for the GLCM codes, GLDM codes and NGTDM means (fresh
-        # large arrays cost page faults)
-        wide = np.empty(n_vox, dtype=np.intp)
+        if keys:
+            steps = lat.steps(np.array(keys, dtype=np.int64).reshape(-1, 3))
+            cooc = np.array([all_pos.get(k, -1) for k in keys], dtype=np.int64)
+            unit = np.array([unit_pos.get(k, -1) for k in keys], dtype=np.int64)
+            glcm, gldm, s_i, runs, pairs = kernels.neighbour_counts(
+                lat.store, lat.margin, lat.index, lat.levels, lat.crop, steps, cooc, unit, self.n, g1,
+                int(settings.gldm_a), max(lat.shape[1:]), "glcm" in want, "gldm" in want, "ngtdm" in want,
+                "glrlm" in want)
         if "glcm" in want:
-            self.glcm = np.empty((self.n, n_all, g, g))  # (i, j) counts, symmetrised if asked
-            code = wide
-            cl1 = cl * g1
-        if "gldm" in want and not gldm_links:
-            dep = np.ones(n_vox, dtype=np.uint8 if 2 * n_all < 255 else np.uint16)
-        if "ngtdm" in want:
-            nsum = np.zeros(n_vox, dtype=np.uint16 if 2 * n_all * g < 2**16 else np.int64)
-            ncnt = np.zeros(n_vox, dtype=np.uint8 if 2 * n_all < 255 else np.uint16)
-        if use_unit:
-            rank_of = lat.ranker()
-            is_dst = np.zeros(n_vox, dtype=bool)
-            self.link_src: list[np.ndarray] = []
-            self.link_dst: list[np.ndarray] = []
-            run_hists: list[tuple[int, int, np.ndarray]] = []
-            runs_total = np.zeros((self.n, n_unit, g))
-            pairs_unit = np.zeros((self.n, n_unit), dtype=bool)
-
-        index = lat.index
-        fwd = np.empty_like(lv)
-        bwd = np.empty_like(lv)
-        same = np.empty(n_vox, dtype=bool)
-        flag = np.empty(n_vox, dtype=bool)
-        for key, step in zip(keys, steps, strict=True):
-            np.take(lat.shifted(step), index, out=fwd, mode="clip")
-            in_all, in_unit = key in all_pos, key in unit_pos
-            if in_all and ("ngtdm" in want or "gldm" in want and not gldm_links):
-                np.take(lat.shifted(-step), index, out=bwd, mode="clip")
-            if in_all:
-                a = all_pos[key]
-                if "glcm" in want:
-                    np.add(cl1, fwd, out=code)
-                    counts = np.bincount(code, minlength=self.n * g1 * g1).reshape(self.n, g1, g1)
-                    if settings.symmetricalGLCM:
-                        np.add(counts[:, 1:, 1:], counts[:, 1:, 1:].transpose(0, 2, 1), out=self.glcm[:, a])
-                    else:
-                        self.glcm[:, a] = counts[:, 1:, 1:]
-                if gldm_same:
-                    np.equal(fwd, lv, out=same)
-                    dep += same
-                    np.equal(bwd, lv, out=flag)
-                    dep += flag
-                elif "gldm" in want and not gldm_links:
-                    for nb in (fwd, bwd):
-                        near = np.abs(nb.astype(np.int64) - lvi) <= alpha
-                        near &= nb > 0
-                        dep += near
-                if "ngtdm" in want:
-                    nsum += fwd
-                    nsum += bwd
-                    np.greater(fwd, 0, out=flag)
-                    ncnt += flag
-                    np.greater(bwd, 0, out=flag)
-                    ncnt += flag
-            if in_unit:
-                u = unit_pos[key]
-                if not (gldm_same and in_all):
-                    np.equal(fwd, lv, out=same)
-                src = np.flatnonzero(same)
-                # the next voxel in flat order is the next ROI voxel: its rank is one more
-                dst = src + 1 if step == 1 else rank_of(index[src] + step)
-                self.link_src.append(src)
-                self.link_dst.append(dst)
-                if "glrlm" in want:
-                    if glcm_unit:  # this direction's GLCM diagonal counts the same-level pairs
-                        pairs = self.glcm[:, all_pos[key]]
-                        same_pairs = np.diagonal(pairs, axis1=1, axis2=2) / (2 if settings.symmetricalGLCM else 1)
-                        pairs_unit[:, u] = pairs.any((1, 2))
-                    else:
-                        same_pairs = np.bincount(cl[src], minlength=self.n * g1).reshape(self.n, g1)[:, 1:]
-                        pairs_unit[:, u] = np.logical_or.reduceat(fwd, lat.starts[:-1])
-                    # every voxel starts a run unless its backward neighbour continues it
-                    runs_total[:, u] = nvox - same_pairs
-                    is_dst[dst] = True
-                    starts = src[~is_dst[src]]  # continue forward but not backward: first voxel of a run >= 2
-                    is_dst[dst] = False
-                    self._follow(lat, starts, cl[starts], int(step), u, run_hists)
-
+            counts = glcm[:, :, 1:, 1:].astype(np.float64)
+            self.glcm = counts + counts.transpose(0, 1, 3, 2) if settings.symmetricalGLCM else counts
         if "gldm" in want:
-            n_dep = 2 * n_all + 1
-            if gldm_links:
-                ends = np.concatenate(self.link_src + self.link_dst)
-                dep = np.bincount(ends, minlength=n_vox) + 1
-            code_dep = np.multiply(cl, n_dep + 1, out=wide)
-            code_dep += dep  # dependence 1..n_dep
-            hist = np.bincount(code_dep, minlength=self.n * g1 * (n_dep + 1))
-            self.gldm = hist.reshape(self.n, g1, n_dep + 1)[:, 1:, 1:].astype(np.float64)
+            self.gldm = gldm[:, 1:, 1:].astype(np.float64)
         if "ngtdm" in want:
-            # |level - mean of the ROI neighbours|; a voxel without ROI neighbours adds 0 (its "mean" is itself)
-            mean = wide.view(np.float64)
-            np.copyto(mean, lv)
-            np.divide(nsum, ncnt, out=mean, where=ncnt > 0)
-            mean -= lvi
-            np.abs(mean, out=mean)
-            s = np.bincount(cl, weights=mean, minlength=self.n * g1).reshape(self.n, g1)[:, 1:]
-            self.ngtdm_s = s
+            self.ngtdm_s = s_i[:, 1:]
         if "glrlm" in want:
-            self._finish_runs(lat, run_hists, runs_total, pairs_unit, g1)
+            longest = int(np.flatnonzero(runs.any((0, 1, 2)))[-1]) if runs.any() else 1
+            mat = runs[:, :, 1:, 1:longest + 1].astype(np.float64)
+            # runs of length 1: the voxels of each level not in a longer run
+            mat[..., 0] = nvox[:, None, :] - mat @ np.arange(1, longest + 1, dtype=np.float64)
+            # pyradiomics drops a direction in which no line holds two ROI voxels (the ROI is flat across it)
+            for k, a in zip(*np.nonzero(pairs == 0), strict=True):
+                if not _line_has_two(lat.coords(int(k)), self.offs_unit[a]):
+                    mat[k, a] = 0
+            self.glrlm = mat
         if "glszm" in want:
-            self._zones(lat, lvi)
-
-    # -- GLRLM
-    def _follow(self, lat: VoxelLattice, first: np.ndarray, code: np.ndarray, step: int, u: int,
-                run_hists: list) -> None:
-        """Runs along ``step`` starting at ROI voxels ``first`` (all >= 2 voxels long, (crop, level) codes
-        ``code``): per run length, the (crop, level) histogram of the runs of that length."""
-        level = lat.levels[first]
-        ahead = lat.shifted(step)
-        pos = lat.index[first] + step  # second voxel of each run
-        length = 2
-        n_codes = self.n * (self.g + 1)
-        while pos.size:
-            keep = ahead[pos] == level
-            n_keep = int(np.count_nonzero(keep))
-            if n_keep < pos.size:
-                run_hists.append((u, length, np.bincount(code[~keep], minlength=n_codes)))
-                pos, level, code = pos[keep], level[keep], code[keep]
-            pos += step
-            length += 1
-
-    def _finish_runs(self, lat: VoxelLattice, run_hists: list, runs_total: np.ndarray, pairs_unit: np.ndarray,
-                     g1: int) -> None:
-        n_unit = len(self.offs_unit)
-        g = self.g
-        r_max = max((n for _, n, _ in run_hists), default=1)
-        mat = np.zeros((self.n, n_unit, g, r_max))
-        for u, length, hist in run_hists:
-            mat[:, u, :, length - 1] = hist.reshape(self.n, g1)[:, 1:]
-        mat[..., 0] = runs_total - mat.sum(-1)  # the remaining runs have length 1
-        # pyradiomics drops a direction in which no line holds two ROI voxels (the ROI is flat across it)
-        for k, a in zip(*np.nonzero(~pairs_unit), strict=True):
-            if not _line_has_two(lat.coords(int(k)), self.offs_unit[a]):
-                mat[k, a] = 0
-        self.glrlm = mat
-
-    # -- GLSZM
-    def _zones(self, lat: VoxelLattice, lvi: np.ndarray) -> None:
-        """26-connected (8 in 2D) same-level zones of every crop: their crop, level and size.
-
-        The zones are the connected components of the same-level links; scipy's compiled graph traversal
-        finds them in one pass over the links (faster than our vectorised union-find, `_components`, which
-        remains the fallback). Crop and level are constant within a zone, so any member gives them.
-        """
-        n_vox = lvi.size
-        dtype = np.int32 if n_vox < 2**31 else np.int64
-        src = np.concatenate(self.link_src).astype(dtype) if self.link_src else np.zeros(0, dtype)
-        dst = np.concatenate(self.link_dst).astype(dtype) if self.link_dst else np.zeros(0, dtype)
-        try:
-            from scipy.sparse import csr_matrix
-            from scipy.sparse.csgraph import connected_components
-        except ImportError:  # pragma: no cover - scipy is a dependency
-            parent = _components(np.arange(n_vox, dtype=dtype), src, dst)
-            label = np.unique(parent, return_inverse=True)[1]
-        else:
-            graph = csr_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n_vox, n_vox))
-            label = connected_components(graph, directed=True, connection="weak")[1]
-        n_zones = int(label.max()) + 1 if n_vox else 0
-        zone_crop = np.empty(n_zones, dtype=lat.crop.dtype)
-        zone_crop[label] = lat.crop
-        zone_level = np.empty(n_zones, dtype=lvi.dtype)
-        zone_level[label] = lvi
-        sizes = np.bincount(label, minlength=n_zones)
-        if np.any(zone_crop[1:] < zone_crop[:-1]):  # keep zones crop-major whatever the labelling order
-            order = np.argsort(zone_crop, kind="stable")
-            zone_crop, zone_level, sizes = zone_crop[order], zone_level[order], sizes[order]
-        self.zone_crop = zone_crop
-        self.zone_level = zone_level
-        self.zone_size = sizes
-        self.zone_starts = np.searchsorted(self.zone_crop, np.arange(self.n + 1))
-        self.n_voxels = np.diff(lat.starts).astype(np.float64)
+            unit_steps = lat.steps(self.offs_unit)
+            both = np.concatenate([unit_steps, -unit_steps])
+            self.zone_crop, self.zone_level, self.zone_size = kernels.zones(
+                lat.store, lat.margin, lat.index, lat.crop, both)
+            self.zone_starts = np.searchsorted(self.zone_crop, np.arange(self.n + 1))
 
 
 def _line_has_two(coords: np.ndarray, offset: np.ndarray) -> bool:
@@ -369,81 +186,15 @@ def _line_has_two(coords: np.ndarray, offset: np.ndarray) -> bool:
 
 # ---------------------------------------------------------------------------------------------- features
 def _glcm_features(P: np.ndarray, present: np.ndarray, ng: np.ndarray, symmetric: bool) -> dict[str, np.ndarray]:
-    """GLCM features per matrix of ``P`` (N, A, G, G), averaged over the angles that have pairs."""
+    """GLCM features per matrix of ``P`` (N, A, G, G) (compiled, `kernels.glcm_features`), averaged over the
+    angles that have pairs."""
     n, a, g, _ = P.shape
-    m = n * a
-    p = P.reshape(m, g, g)
-    sums = p.sum((1, 2))
-    valid = sums > 0
-    p /= np.where(valid, sums, 1)[:, None, None]
-    ivec = np.arange(1, g + 1, dtype=np.float64)
-    px = p.sum(2)
-    py = px if symmetric else p.sum(1)
-    ux = px @ ivec
-    uy = ux if symmetric else py @ ivec
-    pj = p @ ivec  # sum_j p(i, j) j
-    ngm = np.repeat(ng.astype(np.float64), a)
-
-    # p_{x+y}(k), k = 2..2G and p_{x-y}(k), k = 0..G-1: one matrix product with a 0/1 "which k" table
-    ii, jj = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
-    table = np.zeros((g * g, 3 * g - 1))
-    table[np.arange(g * g), (ii + jj).ravel()] = 1
-    table[np.arange(g * g), 2 * g - 1 + np.abs(ii - jj).ravel()] = 1
-    pf = p.reshape(m, g * g)
-    marginals = pf @ table
-    psum, pdiff = marginals[:, : 2 * g - 1], marginals[:, 2 * g - 1:]
-    kv_sum = np.arange(2, 2 * g + 1, dtype=np.float64)
-    kv_diff = np.arange(g, dtype=np.float64)
-
-    f: dict[str, np.ndarray] = {}
-    f["Autocorrelation"] = pj @ ivec
-    f["JointAverage"] = ux
-    centred = kv_sum[None, :] - (ux + uy)[:, None]
-    c2 = centred * centred
-    f["ClusterProminence"] = (psum * c2 * c2).sum(1)
-    f["ClusterShade"] = (psum * c2 * centred).sum(1)
-    f["ClusterTendency"] = (psum * c2).sum(1)
-    f["Contrast"] = pdiff @ kv_diff**2
-    dx = ivec[None, :] - ux[:, None]
-    dy = ivec[None, :] - uy[:, None]
-    varx = (px * dx * dx).sum(1)
-    sig = np.sqrt(varx) * (np.sqrt(varx) if symmetric else np.sqrt((py * dy * dy).sum(1)))
-    corm = (dx * (pj - uy[:, None] * px)).sum(1)
-    f["Correlation"] = np.where(sig == 0, 1.0, corm / (sig + EPS))
-    da = pdiff @ kv_diff
-    f["DifferenceAverage"] = da
-    f["DifferenceEntropy"] = -(pdiff * np.log2(pdiff + EPS)).sum(1)
-    f["DifferenceVariance"] = (pdiff * (kv_diff[None, :] - da[:, None]) ** 2).sum(1)
-    f["JointEnergy"] = np.einsum("ij,ij->i", pf, pf)
-    work = np.add(p, EPS)  # two (M, G, G) scratch arrays, reused for every elementwise log / root below
-    np.log2(work, out=work)
-    hxy = -np.einsum("mij,mij->m", p, work)
-    f["JointEntropy"] = hxy
-    hx = -(px * np.log2(px + EPS)).sum(1)
-    hy = hx if symmetric else -(py * np.log2(py + EPS)).sum(1)
-    outer = np.multiply(px[:, :, None], py[:, None, :], out=work)
-    log_outer = np.add(outer, EPS)
-    np.log2(log_outer, out=log_outer)
-    hxy1 = -np.einsum("mij,mij->m", p, log_outer)
-    hxy2 = -np.einsum("mij,mij->m", outer, log_outer)
-    f["Imc1"] = _safe_div(hxy - hxy1, np.fmax(hx, hy), 0.0)
-    with np.errstate(invalid="ignore"):
-        imc2 = np.sqrt(1 - np.exp(-2 * (hxy2 - hxy)))  # NaN when rounding makes HXY > HXY2, as pyradiomics
-    f["Imc2"] = np.where(hxy2 == hxy, 0.0, imc2)
-    f["Idm"] = pdiff @ (1 / (1 + kv_diff**2))
-    b = np.add(outer, EPS, out=log_outer)
-    np.sqrt(b, out=b)
-    np.divide(p, b, out=b)  # B = D_x^-1/2 P D_y^-1/2
-    f["MCC"] = _mcc(b, present, a, symmetric)
-    f["Idmn"] = (pdiff / (1 + kv_diff[None, :] ** 2 / ngm[:, None] ** 2)).sum(1)
-    f["Id"] = pdiff @ (1 / (1 + kv_diff))
-    f["Idn"] = (pdiff / (1 + kv_diff[None, :] / ngm[:, None])).sum(1)
-    f["InverseVariance"] = pdiff[:, 1:] @ (1 / kv_diff[1:] ** 2)
-    f["MaximumProbability"] = pf.max(1)
-    f["SumEntropy"] = -(psum * np.log2(psum + EPS)).sum(1)
-    f["SumSquares"] = varx
-    f["SumAverage"] = psum @ kv_sum
-    return {k: _nanmean(np.where(valid, v, np.nan).reshape(n, a), 1) for k, v in f.items()}
+    values, b = kernels.glcm_features(np.ascontiguousarray(P).reshape(n * a, g, g),
+                                      np.repeat(ng.astype(np.float64), a), symmetric, EPS)
+    f = {name: values[:, k] for k, name in enumerate(kernels.GLCM_KERNEL_FEATURES)}
+    valid = ~np.isnan(f["JointAverage"])
+    f["MCC"] = np.where(valid, _mcc(b, present, a, symmetric), np.nan)
+    return {k: _nanmean(f[k].reshape(n, a), 1) for k in GLCM_FEATURES}
 
 
 def _mcc(b: np.ndarray, present: np.ndarray, n_angles: int, symmetric: bool) -> np.ndarray:
