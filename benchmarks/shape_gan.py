@@ -1,10 +1,13 @@
 """How well does the shape generator meet requested shape features? (issue 4 acceptance check)
 
-    python benchmarks/shape_gan.py [--model shape-gan-lesion] [--candidates 16 1]
-                                   [--out benchmarks/results/shape_gan.json]
+    python benchmarks/shape_gan.py [--model shape-gan-lesion] [--candidates 16 1] [--no-match-axes-comparison]
+                                   [--grid-limit N] [--out benchmarks/results/shape_gan.json]
 
-Everything runs once per ``--candidates`` value (best-of-N selection in `generate_shape`); the first value
-is the headline result, the others are stored under ``comparison`` (e.g. ``candidates=1``, a single draw).
+Everything runs once per ``--candidates`` value (best-of-N selection in `generate_shape`, with its default
+principal-axis matching); the first value is the headline result, the others are stored under ``comparison``
+(e.g. ``candidates=1``, a single draw). ``--no-match-axes-comparison`` adds a run with the headline candidate
+count and ``match_axes=False`` (stored as ``comparison["candidates=N, match_axes=False"]``). ``--grid-limit``
+keeps only the first N grid requests (a quick smoke run, not a result).
 
 1. A grid of requests (volume x sphericity, volume x elongation, volume x flatness, maximum diameter alone)
    is generated with `generate_shape` at 1 mm and re-measured with our radiomics engine; Pearson and
@@ -77,16 +80,18 @@ def heldout_requests(data_root: Path, count: int) -> list[dict[str, float]]:
     return out
 
 
-def measure(request: dict[str, float], model: str, seed: int, candidates: int) -> dict[str, float] | None:
+def measure(request: dict[str, float], model: str, seed: int, candidates: int,
+            match_axes: bool = True) -> dict[str, float] | None:
     """Measured features of the generated mask; None when the model failed (an empty mask), which is counted."""
     try:
-        labels = generate_shape(request, seed=seed, model=model, candidates=candidates)
+        labels = generate_shape(request, seed=seed, model=model, candidates=candidates, match_axes=match_axes)
     except MedGenError:
         return None
     feats = shape_features_of(labels.array > 0, labels.spacing)
     out = {k: float(feats[k]) for k in FEATURES}
     out["raw_model_volume"] = float(labels.metadata["model_volume_mm3"])
     out["chosen_candidate"] = float(labels.metadata["chosen_candidate"])
+    out["axis_clipped"] = float(labels.metadata["axis_clipped"])
     return out
 
 
@@ -128,14 +133,15 @@ def _centred_pad(arrays: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def diversity(model: str, seeds: int, candidates: int) -> dict[str, float]:
+def diversity(model: str, seeds: int, candidates: int, match_axes: bool = True) -> dict[str, float]:
     scores = []
     for request in ({"VoxelVolume": 3000.0}, {"VoxelVolume": 8000.0, "Sphericity": 0.7},
                     {"VoxelVolume": 15000.0, "Elongation": 0.6}, {"VoxelVolume": 5000.0, "Flatness": 0.45}):
         made = []
         for s in range(seeds):
             try:
-                made.append(generate_shape(request, seed=s, model=model, candidates=candidates).array > 0)
+                made.append(generate_shape(request, seed=s, model=model, candidates=candidates,
+                                           match_axes=match_axes).array > 0)
             except MedGenError:
                 continue
         masks = _centred_pad(made) if made else []
@@ -148,28 +154,34 @@ def diversity(model: str, seeds: int, candidates: int) -> dict[str, float]:
 
 
 def chosen_summary(rows: list[tuple[dict[str, float], dict[str, float]]]) -> dict[str, float]:
-    """How often the first draw was kept (it is the ``candidates=1`` mask) and the mean chosen index."""
+    """How often the first draw was kept (it is the ``candidates=1`` mask), the mean chosen index and how often
+    the principal-axis stretch hit its limit (the requested elongation / flatness was then met less well)."""
     chosen = np.asarray([got["chosen_candidate"] for _, got in rows])
-    return {"first_draw_kept": float(np.mean(chosen == 0)), "mean_chosen_index": float(np.mean(chosen))}
+    clipped = np.asarray([got["axis_clipped"] for _, got in rows])
+    return {"first_draw_kept": float(np.mean(chosen == 0)), "mean_chosen_index": float(np.mean(chosen)),
+            "axis_stretch_clipped": float(np.mean(clipped))}
 
 
-def run(model: str, candidates: int, data_root: Path, heldout: int, seeds: int) -> dict:
+def run(model: str, candidates: int, data_root: Path, heldout: int, seeds: int, match_axes: bool = True,
+        grid_limit: int | None = None) -> dict:
     """All three checks with ``candidates`` noise vectors per mask."""
     start = time.perf_counter()
-    grid = grid_requests()
-    grid_all = [(req, measure(req, model, seed=i, candidates=candidates)) for i, req in enumerate(grid)]
+    grid = grid_requests()[:grid_limit]
+    grid_all = [(req, measure(req, model, seed=i, candidates=candidates, match_axes=match_axes))
+                for i, req in enumerate(grid)]
     t_grid = time.perf_counter() - start
     grid_rows = [(req, got) for req, got in grid_all if got is not None]
     held_rows: list = []
     held_failed = 0
-    if (data_root / "kits19_labels_only").is_dir():
-        held_all = [(req, measure(req, model, seed=i, candidates=candidates))
+    if heldout > 0 and (data_root / "kits19_labels_only").is_dir():
+        held_all = [(req, measure(req, model, seed=i, candidates=candidates, match_axes=match_axes))
                     for i, req in enumerate(heldout_requests(data_root, heldout))]
         held_rows = [(req, got) for req, got in held_all if got is not None]
         held_failed = len(held_all) - len(held_rows)
-    div = diversity(model, seeds, candidates)
+    div = diversity(model, seeds, candidates, match_axes)
     return {
         "candidates": candidates,
+        "match_axes": match_axes,
         "masks_generated": len(grid_all) + len(held_rows) + held_failed + 4 * seeds,
         "seconds_per_mask_grid": t_grid / len(grid_all),
         "grid": {"requests": len(grid_all), "failed (empty mask)": len(grid_all) - len(grid_rows),
@@ -186,7 +198,7 @@ def run(model: str, candidates: int, data_root: Path, heldout: int, seeds: int) 
 
 
 def report(result: dict) -> None:
-    print(f"\n===== candidates = {result['candidates']} =====")
+    print(f"\n===== candidates = {result['candidates']}, match_axes = {result['match_axes']} =====")
     for title, block in (("grid", result["grid"]), ("held-out KiTS19 tumour", result["heldout_kits19_case_00004"])):
         if not block:
             continue
@@ -197,7 +209,8 @@ def report(result: dict) -> None:
                   f"{row['median_rel_error']:>12.3f}")
         print(f"median relative volume error: {block['median_rel_volume_error']:.3f} "
               f"(raw model, before volume matching: {block['median_rel_volume_error_raw_model']:.3f}); "
-              f"first draw kept in {100 * block['selection']['first_draw_kept']:.0f} %")
+              f"first draw kept in {100 * block['selection']['first_draw_kept']:.0f} %, axis stretch clipped in "
+              f"{100 * block['selection']['axis_stretch_clipped']:.0f} %")
     div = result["diversity"]
     print(f"\ndiversity: mean pairwise Dice {div['mean_pairwise_dice']:.3f} over {div['pairs']} pairs "
           f"(max {div['max_pairwise_dice']:.3f}); {result['seconds_per_mask_grid']:.2f} s per mask")
@@ -211,18 +224,27 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=5, help="seeds per request for the diversity check")
     parser.add_argument("--candidates", type=int, nargs="+", default=[DEFAULT_CANDIDATES, 1],
                         help="noise vectors per mask (best of N); the first value is the headline result")
+    parser.add_argument("--no-match-axes-comparison", action="store_true",
+                        help="add a run with the headline candidate count and match_axes=False")
+    parser.add_argument("--grid-limit", type=int, default=None,
+                        help="only the first N grid requests (smoke run; the numbers are not a result)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "shape_gan.json"))
     args = parser.parse_args()
 
+    settings = [(candidates, True) for candidates in args.candidates]
+    if args.no_match_axes_comparison:
+        settings.append((args.candidates[0], False))
     runs = []
-    for candidates in args.candidates:
-        runs.append(run(args.model, candidates, Path(args.data), args.heldout, args.seeds))
+    for candidates, match_axes in settings:
+        runs.append(run(args.model, candidates, Path(args.data), args.heldout, args.seeds, match_axes,
+                        args.grid_limit))
         report(runs[-1])
     result = {
         "model": args.model,
         "machine": f"{platform.machine()}, {platform.python_version()}",
         **runs[0],
-        "comparison": {f"candidates={r['candidates']}": r for r in runs[1:]},
+        "comparison": {f"candidates={r['candidates']}" + ("" if r["match_axes"] else ", match_axes=False"): r
+                       for r in runs[1:]},
         "targets": {"pearson": 0.93, "spearman": 0.94, "median_rel_volume_error": 0.10, "mean_pairwise_dice": 0.8},
     }
     out = Path(args.out)

@@ -256,6 +256,10 @@ def shape(
     candidates: Annotated[int | None, typer.Option(
         "--candidates", help="Noise draws tried; the one matching the request best is kept (default 16; 1 = one draw)."
     )] = None,
+    match_axes: Annotated[bool, typer.Option(
+        "--match-axes/--no-match-axes",
+        help="Stretch the shape along its principal axes to the requested Elongation/Flatness (default on).",
+    )] = True,
     reference: Annotated[Path | None, typer.Option(
         "--reference", help="Place the mask into this image's grid (needs --center-mm)."
     )] = None,
@@ -274,7 +278,8 @@ def shape(
         features = _feature_settings(set_)
         mask = generate_shape(features or None, preset=preset, spacing=_floats(spacing, "--spacing"), seed=seed,
                               model=model or DEFAULT_MODEL,
-                              candidates=DEFAULT_CANDIDATES if candidates is None else candidates)
+                              candidates=DEFAULT_CANDIDATES if candidates is None else candidates,
+                              match_axes=match_axes)
         if reference is not None or center_mm is not None:
             if reference is None or center_mm is None:
                 raise MedGenError("--reference and --center-mm go together: the image grid and the point in it.")

@@ -14,13 +14,25 @@ the single draw of ``candidates=1``), the generator runs on all of them in one b
 mask is measured with the batched radiomics engine, and the candidate whose requested features are closest
 (sum of absolute log-ratios, size features after the volume matching each candidate would get) is kept.
 
+**Principal-axis matching** (``match_axes``, default on, only when Elongation and/or Flatness is requested):
+the model follows those two ratios only loosely, but they are a property of the covariance of the voxel
+centres, which a linear map changes predictably (C -> A C A^T). Every candidate, before selection, gets a
+volume-preserving stretch along its own principal axes (eigenvectors of that covariance, as in pyradiomics)
+that keeps the major axis and rescales the minor / least axis so that elongation / flatness become the
+requested ones (`axis_stretches`: an unrequested ratio keeps its value; every stretch relative to the major
+axis is limited to `MAX_AXIS_STRETCH` either way so the surface is never grossly distorted). The warped
+candidates are re-sampled on the fine grid and measured in one batch, so selection judges sphericity,
+diameters and any clipped remainder as the user will get them.
+
 The generator works on a fixed physical field of view (e.g. 32^3 voxels of 2 mm). Its probabilities
 are smoothed in logit space and sampled trilinearly on the requested output grid (any, also
 anisotropic, spacing) and thresholded at 0.5, so masks stay smooth at every spacing. With
-``match_volume`` (default) the generated shape is then scaled isotropically about its centre so that
-its volume equals the requested one (a similarity transform: sphericity, elongation and flatness are
-unchanged); the model's own volume error is reported in the metadata. Post-processing keeps the
-largest connected component (unless ``allow_multiple``) and fills internal holes.
+``match_volume`` (default) the generated (and axis-warped) shape is then scaled isotropically about its
+centre so that its volume equals the requested one (a similarity transform: sphericity, elongation and
+flatness are unchanged); the model's own volume error is reported in the metadata. The whole map about the
+candidate's centroid is ``A = s R diag(a) R^T`` (``s``: ``volume_scale``, ``a``: ``axis_scales``, product 1);
+output voxel centres are mapped back through ``A^-1`` into the generator's frame and sampled there.
+Post-processing keeps the largest connected component (unless ``allow_multiple``) and fills internal holes.
 
 The returned `LabelMap` has an odd number of voxels per axis with its centre voxel at physical
 (0, 0, 0) and identity direction; `place_shape` moves it to a point of a reference image.
@@ -65,6 +77,10 @@ _SCALE_POWER: dict[str, int] = {
 DEFAULT_CANDIDATES = 16
 #: volume matching never scales by more than this factor (or less than its inverse)
 _MAX_SCALE = 2.0
+#: axis matching stretches the minor / least principal axis relative to the major one by at most this factor
+#: (either way), so that the model's surface is never grossly distorted; larger requests are met less well
+MAX_AXIS_STRETCH = 1.6
+_AXIS_RATIOS = ("Elongation", "Flatness")
 _POSITIVE = ("VoxelVolume", "MeshVolume", "SurfaceArea", "SurfaceVolumeRatio", "Maximum3DDiameter",
              "MajorAxisLength", "MinorAxisLength", "LeastAxisLength")
 
@@ -244,14 +260,25 @@ def _postprocess(channels: np.ndarray, allow_multiple: bool) -> np.ndarray:
 _OUTSIDE = 20.0
 
 
-def _sample_on_grid(logits: torch.Tensor, points_zyx_mm: np.ndarray, base_spacing: float, scale: float) -> np.ndarray:
-    """Trilinear samples of base-grid logits (1, C, S, S, S) at physical points (..., 3) in z, y, x order."""
+def _sample_on_grid(
+    logits: torch.Tensor, points_zyx_mm: np.ndarray, base_spacing: float, warp: float | np.ndarray = 1.0
+) -> np.ndarray:
+    """Trilinear samples of base-grid logits (1, C, S, S, S) at physical points (..., 3) in z, y, x order.
+
+    ``warp`` maps the generator's base frame (origin at the field-of-view centre) onto the output frame: a
+    number ``s`` (isotropic scaling) or a (3, 3) matrix ``A`` in z, y, x order; every output point is mapped
+    back through its inverse, so the shape is deformed before thresholding and stays smooth at any spacing.
+    """
     import torch
     import torch.nn.functional as F
 
     size = logits.shape[-1]
     shape = points_zyx_mm.shape[:-1]
-    u = points_zyx_mm.reshape(-1, 3) / (scale * base_spacing) + (size - 1) / 2.0  # base voxel coordinates
+    if np.ndim(warp) == 0:
+        u = points_zyx_mm.reshape(-1, 3) / (float(warp) * base_spacing) + (size - 1) / 2.0  # base voxel coordinates
+    else:
+        base = np.linalg.solve(np.asarray(warp, dtype=np.float64), points_zyx_mm.reshape(-1, 3).T).T
+        u = base / base_spacing + (size - 1) / 2.0
     g = torch.as_tensor(u / (size - 1) * 2.0 - 1.0, dtype=logits.dtype)[:, [2, 1, 0]]  # grid_sample: x, y, z
     # outside the field of view is background: shift so that zero padding means a logit of -_OUTSIDE
     out = F.grid_sample(logits + _OUTSIDE, g.view(1, 1, 1, -1, 3), mode="bilinear", padding_mode="zeros",
@@ -312,6 +339,91 @@ def match_errors(
     return out
 
 
+@dataclass(frozen=True)
+class _AxisWarp:
+    """A volume-preserving stretch of one candidate along its own principal axes, about its centroid."""
+
+    centroid_zyx: np.ndarray  # (3,) mm, base frame
+    directions_zyx: np.ndarray  # (3, 3) unit eigenvectors as columns: major, minor, least
+    scales: np.ndarray  # (3,) factor along major, minor, least; product 1
+    raw_elongation: float
+    raw_flatness: float
+    clipped: bool
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """A = R diag(scales) R^T (z, y, x): the linear part of the warp."""
+        return self.directions_zyx @ np.diag(self.scales) @ self.directions_zyx.T
+
+
+def axis_stretches(
+    raw_elongation: float, raw_flatness: float, elongation: float | None, flatness: float | None
+) -> tuple[float, float, bool]:
+    """Stretch of the minor and the least principal axis relative to the major one, and whether it was clipped.
+
+    A stretch ``t`` multiplies that axis' standard deviation relative to the major axis, so elongation becomes
+    ``raw_elongation * t_minor`` and flatness ``raw_flatness * t_least``. Only requested ratios (not None)
+    change; an unrequested one keeps its value unless that would put the least axis above the middle one
+    (flatness > elongation), in which case it follows the requested ratio just far enough to keep the order.
+    Stretches are limited to ``1/MAX_AXIS_STRETCH .. MAX_AXIS_STRETCH`` so the model's surface is never grossly
+    distorted; a clipped request is met less well. The axis order never changes (the map is monotone).
+    """
+    e_target = raw_elongation if elongation is None else elongation
+    f_target = raw_flatness if flatness is None else flatness
+    if flatness is None:
+        f_target = min(raw_flatness, e_target)
+    if elongation is None:
+        e_target = max(raw_elongation, f_target)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        wanted = np.array([e_target, f_target], dtype=np.float64) / np.array([raw_elongation, raw_flatness])
+    wanted = np.where(np.isnan(wanted), 1.0, wanted)  # 0 / 0: a degenerate axis that is not asked to change
+    stretch = np.clip(wanted, 1.0 / MAX_AXIS_STRETCH, MAX_AXIS_STRETCH)
+    clipped = bool(np.any(np.abs(np.log(wanted) - np.log(stretch)) > 1e-9))
+    return float(stretch[0]), float(stretch[1]), clipped
+
+
+def _axis_warp(mask: np.ndarray, coords: np.ndarray, elongation: float | None, flatness: float | None) -> _AxisWarp:
+    """Principal axes of a non-empty (z, y, x) mask on the isotropic grid with 1-D coordinates ``coords`` (mm)
+    (pyradiomics: eigen-decomposition of the population covariance of the voxel centres) and the
+    volume-preserving warp that gives it the requested elongation / flatness (`axis_stretches`)."""
+    points = coords[np.argwhere(mask)]
+    centroid = points.mean(axis=0)
+    centred = points - centroid
+    values, vectors = np.linalg.eigh(centred.T @ centred / len(points))  # ascending
+    least, minor, major = np.maximum(values, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        raw_e = float(np.sqrt(minor / major)) if major > 0 else 0.0
+        raw_f = float(np.sqrt(least / major)) if major > 0 else 0.0
+    t_minor, t_least, clipped = axis_stretches(raw_e, raw_f, elongation, flatness)
+    scales = np.array([1.0, t_minor, t_least]) / (t_minor * t_least) ** (1.0 / 3.0)
+    return _AxisWarp(centroid, vectors[:, ::-1].copy(), scales, raw_e, raw_f, clipped)
+
+
+def _warped_fine_masks(
+    logits: torch.Tensor, fine_masks: np.ndarray, coords: np.ndarray, warps: Sequence[_AxisWarp | None],
+    base_spacing: float, allow_multiple: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every candidate re-sampled through its warp on one isotropic grid of the fine step, centred on its
+    (warped) centroid and large enough for the most extended of them: (1-D coordinates, (N, C, n, n, n) masks).
+    Candidates without a warp (empty masks) stay empty."""
+    step = float(coords[1] - coords[0])
+    reach = step
+    for warp, mask in zip(warps, fine_masks, strict=True):
+        if warp is not None:
+            offsets = (coords[np.argwhere(mask[-1])] - warp.centroid_zyx) @ warp.matrix.T
+            reach = max(reach, float(np.abs(offsets).max()))
+    half = int(math.ceil(reach / step)) + 3  # the surface lies within ~1 fine voxel of the outer voxel centres
+    axis = _axis_points(2 * half + 1, step)
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)
+    out = np.zeros((len(warps), fine_masks.shape[1], *grid.shape[:-1]), dtype=bool)
+    for i, warp in enumerate(warps):
+        if warp is not None:
+            points = grid + warp.matrix @ warp.centroid_zyx  # base point = centroid + A^-1 (grid point)
+            out[i] = _postprocess(_sample_on_grid(logits[i:i + 1], points, base_spacing, warp.matrix) >= 0.0,
+                                  allow_multiple)
+    return axis, out
+
+
 def generate_shape(
     features: Mapping[str, float] | None = None,
     *,
@@ -323,15 +435,19 @@ def generate_shape(
     allow_multiple: bool = False,
     match_volume: bool = True,
     candidates: int = DEFAULT_CANDIDATES,
+    match_axes: bool = True,
 ) -> LabelMap:
     """A tumour mask with the requested shape features, centred at physical (0, 0, 0).
 
     ``features``: pyradiomics shape names -> values (mm3, mm, ratios); ``preset``: a name of `PRESETS`
     (``features`` override it). ``spacing``: output voxel size (x, y, z) in mm. ``crop_size_mm``: edge of
-    the output box (default: the model's field of view, enlarged by the volume matching scale).
-    ``candidates``: noise vectors tried (one generator batch); the one whose measured features best match
-    the request is kept (1 = a single draw, no selection). Same inputs and seed give the same mask. Labels:
-    1..C for the model's regions, inner first (metadata ``label_names``).
+    the output box (default: a cube just around the final tumour). ``candidates``: noise vectors tried (one
+    generator batch); the one whose measured features best match the request is kept (1 = a single draw, no
+    selection). ``match_volume``: scale isotropically to the requested volume. ``match_axes``: when
+    Elongation and/or Flatness is requested, stretch every candidate along its own principal axes (volume
+    preserving, at most `MAX_AXIS_STRETCH` relative to the major axis) so that it has them; candidates are
+    judged after that warp. Same inputs and seed give the same mask. Labels: 1..C for the model's regions,
+    inner first (metadata ``label_names``).
     """
     import torch
 
@@ -366,6 +482,16 @@ def generate_shape(
     fine_masks = np.stack([_postprocess(_sample_on_grid(logits[i:i + 1], fine, base_spacing, 1.0) >= 0.0,
                                         allow_multiple) for i in range(count)])
     volumes = np.count_nonzero(fine_masks[:, -1].reshape(count, -1), axis=1) * fine_step**3
+    raw_volumes = volumes
+    axis_targets = {name: request[name] for name in _AXIS_RATIOS if name in request}
+    fine_coords = hires  # 1-D coordinates of the fine grid the (selection) masks live on
+    warps: list[_AxisWarp | None] = [None] * count
+    if match_axes and axis_targets:
+        # each candidate gets its own principal-axis warp; from here on it is judged (and used) warped
+        warps = [_axis_warp(fine_masks[i, -1], hires, axis_targets.get("Elongation"), axis_targets.get("Flatness"))
+                 if volumes[i] > 0 else None for i in range(count)]
+        fine_coords, fine_masks = _warped_fine_masks(logits, fine_masks, hires, warps, base_spacing, allow_multiple)
+        volumes = np.count_nonzero(fine_masks[:, -1].reshape(count, -1), axis=1) * fine_step**3
     target_volume = request.get("VoxelVolume", request.get("MeshVolume"))
     log_scales = _volume_log_scales(volumes, target_volume if match_volume else None)
     errors: dict[str, np.ndarray] = {}
@@ -384,6 +510,9 @@ def generate_shape(
             "The shape model produced an empty mask for this request; try another seed or less extreme features "
             f"(requested {request})."
         )
+    warp = warps[chosen]
+    # the raw (pre-warp) principal axes of the kept candidate, for the metadata
+    axes = warp if warp is not None else _axis_warp(fine_masks[chosen, -1], hires, None, None)
     logits = logits[chosen:chosen + 1]
     scale = 1.0
     if match_volume and target_volume is not None:
@@ -391,8 +520,8 @@ def generate_shape(
 
     # centre the output on the tumour's centroid; the default box is a cube just around the tumour
     inside = np.argwhere(fine_mask[-1])
-    centroid_zyx = hires[inside].mean(axis=0)
-    reach = float(np.abs(hires[inside] - centroid_zyx).max() + fine_step / 2.0) * scale
+    centroid_zyx = fine_coords[inside].mean(axis=0)
+    reach = float(np.abs(fine_coords[inside] - centroid_zyx).max() + fine_step / 2.0) * scale
     if crop_size_mm is not None:
         extent = float(crop_size_mm)
         if extent < 2.0 * reach:
@@ -403,9 +532,15 @@ def generate_shape(
     else:
         extent = 2.0 * reach + 4.0 * max(spacing_xyz) + 4.0
     sizes_xyz = [2 * int(math.ceil(extent / (2 * s))) + 1 for s in spacing_xyz]
-    axes = [_axis_points(n, s) for n, s in zip(sizes_xyz, spacing_xyz, strict=True)]
-    points = np.stack(np.meshgrid(axes[2], axes[1], axes[0], indexing="ij"), axis=-1) + centroid_zyx * scale
-    channels = _postprocess(_sample_on_grid(logits, points, base_spacing, scale) >= 0.0, allow_multiple)
+    axes_mm = [_axis_points(n, s) for n, s in zip(sizes_xyz, spacing_xyz, strict=True)]
+    points = np.stack(np.meshgrid(axes_mm[2], axes_mm[1], axes_mm[0], indexing="ij"), axis=-1) + centroid_zyx * scale
+    transform: float | np.ndarray = scale
+    if warp is not None:
+        # fine_coords is the warped frame about the candidate's centroid c: output o = scale * (A (x - c) - d),
+        # d the warped mask's centroid, so x = (scale A)^-1 (o + scale d + scale A c)
+        transform = scale * warp.matrix
+        points = points + transform @ warp.centroid_zyx
+    channels = _postprocess(_sample_on_grid(logits, points, base_spacing, transform) >= 0.0, allow_multiple)
     if not channels[-1].any():
         raise InvalidInputError(
             f"The generated tumour is smaller than one voxel at spacing {spacing_xyz} mm; use a finer spacing."
@@ -417,14 +552,27 @@ def generate_shape(
         "seed": int(seed),
         "requested_features": dict(request),
         "conditioning_features": filled,
-        "model_volume_mm3": generated_volume,
+        # volume of the kept candidate as the model made it (before any warp or scaling)
+        "model_volume_mm3": float(raw_volumes[chosen]),
+        # isotropic volume-matching factor, applied after the (volume-preserving) axis warp
         "volume_scale": scale,
         "candidates": count,
         "chosen_candidate": chosen,
-        # |log(measured / requested)| of the kept candidate per requested feature (after volume matching)
+        # |log(measured / requested)| of the kept candidate per requested feature (after axis warp and volume
+        # matching)
         "match_errors": {name: float(err[chosen]) for name, err in errors.items()},
         # summed error of every candidate (None: empty mask), in noise-draw order
         "candidate_match_errors": [float(t) if math.isfinite(t) else None for t in totals],
+        # principal-axis matching: whether it ran, the model's own ratios of the kept candidate, the
+        # volume-preserving factors along its major, minor and least axis (x, y, z directions; the total
+        # linear map about the centroid is volume_scale * R diag(axis_scales) R^T) and whether a stretch hit
+        # MAX_AXIS_STRETCH (then the requested ratio is met less well)
+        "axis_matching": warp is not None,
+        "model_elongation": axes.raw_elongation,
+        "model_flatness": axes.raw_flatness,
+        "axis_scales": [float(v) for v in axes.scales],
+        "principal_axes_xyz": [[float(v) for v in axes.directions_zyx[::-1, k]] for k in range(3)],
+        "axis_clipped": axes.clipped,
         "label_names": {str(i + 1): name for i, name in enumerate(extra["regions"])},
     }
     return LabelMap(_label_of(channels), spacing_xyz, origin, metadata=metadata)

@@ -167,9 +167,10 @@ def test_noise_draws_extend_the_single_draw() -> None:
 
 
 def test_best_of_n_is_deterministic_and_improves_the_match() -> None:
+    # without the principal-axis warp (which meets elongation for every candidate) selection must do the work
     request = {"VoxelVolume": 8000.0, "Elongation": 0.5}
-    first = generate_shape(request, seed=1, model=MODEL, candidates=8)
-    second = generate_shape(request, seed=1, model=MODEL, candidates=8)
+    first = generate_shape(request, seed=1, model=MODEL, candidates=8, match_axes=False)
+    second = generate_shape(request, seed=1, model=MODEL, candidates=8, match_axes=False)
     assert np.array_equal(first.array, second.array) and first.metadata == second.metadata
     meta = first.metadata
     totals = meta["candidate_match_errors"]
@@ -186,7 +187,7 @@ def test_best_of_n_is_deterministic_and_improves_the_match() -> None:
 
     got = shape_features(first.array > 0, first.spacing)
     assert abs(np.log(got["Elongation"] / 0.5)) == pytest.approx(meta["match_errors"]["Elongation"], abs=0.05)
-    other = generate_shape(request, seed=2, model=MODEL, candidates=8)
+    other = generate_shape(request, seed=2, model=MODEL, candidates=8, match_axes=False)
     assert not np.array_equal(other.array, first.array)
 
 
@@ -235,3 +236,188 @@ def test_cli_shape_candidates(tmp_path) -> None:
     result = runner.invoke(app, [*args[:2], str(bad), *args[3:], "--candidates", "0"])
     assert result.exit_code == 2 and "candidates" in result.output and "Traceback" not in result.output
     assert not bad.exists()
+
+
+# ---- principal-axis matching (match_axes) ---------------------------------------------------------------------
+# Tolerances: the warp is exact for the continuous shape (covariance A C A^T), so what is left is the 1 mm
+# discretisation of the re-sampled mask and the hole filling (measured <= 0.005 on these requests); 0.02 at
+# 1 mm and 0.03 with 2.5 mm slices leave room for float differences between machines while the model's own
+# ratios (the request without the warp) are off by more than that (checked below, so the tests can fail).
+AXES_REQUEST = {"VoxelVolume": 8000.0, "Elongation": 0.5, "Flatness": 0.4}
+
+
+def _solid_single_component(mask: np.ndarray) -> bool:
+    """One 26-connected piece without internal holes, not cut by the output box (no voxel on its faces)."""
+    _, count = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    faces = [np.take(mask, i, axis=a) for a in range(3) for i in (0, -1)]
+    return count == 1 and np.array_equal(ndimage.binary_fill_holes(mask), mask) and not any(f.any() for f in faces)
+
+
+@pytest.fixture(scope="module")
+def axes_8cc() -> LabelMap:
+    return generate_shape(AXES_REQUEST, seed=1, model=MODEL, candidates=4)
+
+
+def test_axis_matching_meets_elongation_flatness_and_volume(axes_8cc: LabelMap) -> None:
+    from napari_medgen.radiomics.shape import shape_features
+
+    mask = axes_8cc.array > 0
+    got = shape_features(mask, axes_8cc.spacing)
+    assert got["Elongation"] == pytest.approx(0.5, abs=0.02)
+    assert got["Flatness"] == pytest.approx(0.4, abs=0.02)
+    assert got["VoxelVolume"] == pytest.approx(8000.0, rel=0.03)
+    assert _solid_single_component(mask)
+    centre = (np.asarray(axes_8cc.shape) - 1) / 2.0
+    np.testing.assert_allclose(index_to_physical(axes_8cc, centre), 0.0, atol=1e-9)
+    assert np.linalg.norm(_centroid_mm(axes_8cc)) < 1.5  # centred on the warped tumour's centroid
+    meta = axes_8cc.metadata
+    assert meta["axis_matching"] is True and meta["axis_clipped"] is False
+    assert np.prod(meta["axis_scales"]) == pytest.approx(1.0, abs=1e-12)  # the warp keeps the volume
+    assert meta["match_errors"]["Elongation"] < 0.03 and meta["match_errors"]["Flatness"] < 0.03
+    # the axis ratios of the scales are what turns the model's ratios into the requested ones
+    major, minor, least = meta["axis_scales"]
+    assert meta["model_elongation"] * minor / major == pytest.approx(0.5, abs=1e-9)
+    assert meta["model_flatness"] * least / major == pytest.approx(0.4, abs=1e-9)
+    directions = np.asarray(meta["principal_axes_xyz"])
+    np.testing.assert_allclose(directions @ directions.T, np.eye(3), atol=1e-9)
+    if MODEL == "shape-gan-lesion":  # the raw model misses the request by more than the tolerance
+        assert abs(meta["model_elongation"] - 0.5) > 0.03 and abs(meta["model_flatness"] - 0.4) > 0.03
+
+
+def test_axis_matching_is_deterministic(axes_8cc: LabelMap) -> None:
+    again = generate_shape(AXES_REQUEST, seed=1, model=MODEL, candidates=4)
+    assert np.array_equal(again.array, axes_8cc.array) and again.metadata == axes_8cc.metadata
+
+
+def test_axis_matching_at_anisotropic_spacing(axes_8cc: LabelMap) -> None:
+    from napari_medgen.radiomics.shape import shape_features
+
+    labels = generate_shape(AXES_REQUEST, seed=1, model=MODEL, candidates=4, spacing=(0.8, 0.8, 2.5))
+    assert labels.spacing == (0.8, 0.8, 2.5) and all(n % 2 == 1 for n in labels.shape)
+    assert labels.metadata["chosen_candidate"] == axes_8cc.metadata["chosen_candidate"]  # spacing: output only
+    mask = labels.array > 0
+    got = shape_features(mask, labels.spacing)
+    assert got["Elongation"] == pytest.approx(0.5, abs=0.03)
+    assert got["Flatness"] == pytest.approx(0.4, abs=0.03)
+    assert got["VoxelVolume"] == pytest.approx(8000.0, rel=0.05)
+    assert _solid_single_component(mask)
+
+
+def test_elongation_only_keeps_the_flatness_ratio() -> None:
+    from napari_medgen.radiomics.shape import shape_features
+
+    labels = generate_shape({"VoxelVolume": 5000.0, "Elongation": 0.7}, seed=2, model=MODEL, candidates=4)
+    meta = labels.metadata
+    got = shape_features(labels.array > 0, labels.spacing)
+    assert got["Elongation"] == pytest.approx(0.7, abs=0.02)
+    assert meta["model_flatness"] < 0.7  # (else flatness would have to follow to stay <= elongation)
+    assert meta["axis_scales"][2] == pytest.approx(meta["axis_scales"][0], rel=1e-12)  # least axis kept w.r.t. major
+    assert got["Flatness"] == pytest.approx(meta["model_flatness"], abs=0.02)
+    assert got["VoxelVolume"] == pytest.approx(5000.0, rel=0.03)
+
+
+def test_axis_matching_without_volume_matching_preserves_the_volume() -> None:
+    from napari_medgen.radiomics.shape import shape_features
+
+    labels = generate_shape({"Elongation": 0.5, "Flatness": 0.4}, seed=1, model=MODEL, candidates=2,
+                            match_volume=False)
+    got = shape_features(labels.array > 0, labels.spacing)
+    assert labels.metadata["volume_scale"] == 1.0
+    assert got["VoxelVolume"] == pytest.approx(labels.metadata["model_volume_mm3"], rel=0.03)
+    assert got["Elongation"] == pytest.approx(0.5, abs=0.02) and got["Flatness"] == pytest.approx(0.4, abs=0.02)
+
+
+def test_clipped_axis_request_still_gives_a_valid_mask() -> None:
+    from napari_medgen.radiomics.shape import shape_features
+
+    labels = generate_shape({"VoxelVolume": 5000.0, "Elongation": 0.1}, seed=0, model=MODEL, candidates=2)
+    mask = labels.array > 0
+    assert _solid_single_component(mask)
+    meta = labels.metadata
+    assert meta["axis_matching"] is True and meta["axis_clipped"] is True
+    major, minor, _ = meta["axis_scales"]
+    assert minor / major == pytest.approx(1.0 / shape_generation.MAX_AXIS_STRETCH)
+    got = shape_features(mask, labels.spacing)
+    # met as far as the limit allows: the model's elongation divided by the maximum stretch
+    assert got["Elongation"] == pytest.approx(meta["model_elongation"] / shape_generation.MAX_AXIS_STRETCH, abs=0.02)
+    assert got["Elongation"] > 0.15 and got["Flatness"] <= got["Elongation"] + 1e-9
+    assert got["VoxelVolume"] == pytest.approx(5000.0, rel=0.03)
+
+
+def test_without_axis_matching_the_output_is_the_previous_one() -> None:
+    """match_axes=False (and requests without Elongation/Flatness) take the code path of earlier versions:
+    numbers pinned from the implementation before principal-axis matching."""
+    request = {"VoxelVolume": 3000.0, "Elongation": 0.5, "Flatness": 0.4}
+    labels = generate_shape(request, seed=4, spacing=2.0, model=MODEL, candidates=3, match_axes=False)
+    meta = labels.metadata
+    assert meta["axis_matching"] is False and meta["axis_scales"] == [1.0, 1.0, 1.0] and not meta["axis_clipped"]
+    if MODEL == "shape-gan-lesion":
+        assert labels.shape == (23, 23, 23) and meta["chosen_candidate"] == 1
+        assert meta["model_volume_mm3"] == pytest.approx(3589.0, abs=8.0)
+        assert int((labels.array > 0).sum()) == pytest.approx(376, abs=3)
+        assert meta["candidate_match_errors"] == pytest.approx([0.6458, 0.5996, 0.7626], abs=2e-3)
+    warped = generate_shape(request, seed=4, spacing=2.0, model=MODEL, candidates=3)
+    assert warped.metadata["axis_matching"] is True and not np.array_equal(warped.array, labels.array)
+    # nothing to match on the axes: the flag changes nothing
+    plain = {"VoxelVolume": 3000.0, "Sphericity": 0.7}
+    assert np.array_equal(generate_shape(plain, seed=4, spacing=2.0, model=MODEL, candidates=3).array,
+                          generate_shape(plain, seed=4, spacing=2.0, model=MODEL, candidates=3, match_axes=False).array)
+
+
+@pytest.mark.parametrize(
+    ("raw", "target", "expected"),
+    [
+        ((0.6, 0.5), (0.5, 0.4), (0.5 / 0.6, 0.8, False)),
+        ((0.6, 0.3), (0.7, None), (0.7 / 0.6, 1.0, False)),  # flatness not requested: kept
+        ((0.8, 0.6), (0.5, None), (0.625, 0.5 / 0.6, False)),  # ... unless it would exceed the new elongation
+        ((0.5, 0.3), (None, 0.4), (1.0, 0.4 / 0.3, False)),
+        ((0.5, 0.3), (None, 0.6), (1.2, 1.6, True)),  # elongation follows up to flatness; flatness clipped
+        ((0.5, 0.3), (0.1, None), (0.625, 0.625, True)),  # both clipped at 1 / 1.6
+        ((0.0, 0.0), (0.5, None), (1.6, 1.0, True)),  # degenerate (a line): cannot be widened beyond the limit
+    ],
+)
+def test_axis_stretches(raw: tuple, target: tuple, expected: tuple) -> None:
+    t_minor, t_least, clipped = shape_generation.axis_stretches(*raw, *target)
+    assert (t_minor, t_least) == pytest.approx(expected[:2]) and clipped is expected[2]
+
+
+def test_axis_stretches_keep_the_axis_order() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        e0, e1 = rng.uniform(0.05, 1.0, 2)
+        f0, f1 = rng.uniform(0.0, e0), rng.uniform(0.05, e1)
+        for e, f in ((e1, f1), (e1, None), (None, f1)):
+            t_minor, t_least, _ = shape_generation.axis_stretches(e0, f0, e, f)
+            limit = shape_generation.MAX_AXIS_STRETCH
+            assert min(t_minor, t_least) >= 1.0 / limit - 1e-12 and max(t_minor, t_least) <= limit + 1e-12
+            assert f0 * t_least <= e0 * t_minor + 1e-12 and e0 * t_minor <= 1.0 + 1e-12
+
+
+def test_sampling_through_a_matrix_matches_the_scalar_scale() -> None:
+    import torch
+
+    logits = torch.randn(1, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    points = np.random.default_rng(1).uniform(-9.0, 9.0, (50, 3))
+    scalar = shape_generation._sample_on_grid(logits, points, 2.0, 1.3)
+    matrix = shape_generation._sample_on_grid(logits, points, 2.0, 1.3 * np.eye(3))
+    np.testing.assert_allclose(matrix, scalar, atol=1e-12)
+    # a stretch along z (array axis 0) samples the base field at z / 2
+    stretched = shape_generation._sample_on_grid(logits, points, 2.0, np.diag([2.0, 1.0, 1.0]))
+    np.testing.assert_allclose(stretched, shape_generation._sample_on_grid(logits, points / [2.0, 1.0, 1.0], 2.0),
+                               atol=1e-12)
+
+
+def test_cli_shape_no_match_axes(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from napari_medgen.cli import app
+    from napari_medgen.core import io
+
+    out = tmp_path / "tumour.nii.gz"
+    result = CliRunner().invoke(app, ["shape", "--out", str(out), "--set", "VoxelVolume=3000", "--set",
+                                      "Elongation=0.5", "--seed", "4", "--spacing", "2,2,2", "--model", MODEL,
+                                      "--candidates", "2", "--no-match-axes"])
+    assert result.exit_code == 0, result.output
+    expected = generate_shape({"VoxelVolume": 3000.0, "Elongation": 0.5}, seed=4, spacing=2.0, model=MODEL,
+                              candidates=2, match_axes=False)
+    assert np.array_equal(io.read_labels(out).array, expected.array)
