@@ -13,9 +13,10 @@ keeps only the first N grid requests (a quick smoke run, not a result).
    is generated with `generate_shape` at 1 mm and re-measured with our radiomics engine; Pearson and
    Spearman correlation between requested and measured values per feature, and the median relative
    volume error (with the default volume matching and, for honesty, of the raw model output).
-2. Requests drawn from an unseen real tumour: the held-out KiTS19 case (not in the training bank) is
-   augmented exactly like the training data (rotation, scale, deformation) and the features of each
-   variant are requested (volume, sphericity, elongation, flatness, maximum diameter together).
+2. Requests drawn from an unseen real tumour: the model's held-out case (`HELDOUT`: KiTS19 case 4 for the
+   lesion model, BRATS pat0005 for the brats model; not in the training bank) is augmented exactly like
+   the training data (rotation, scale, deformation) and the features of each variant are requested (volume,
+   sphericity, elongation, flatness, maximum diameter together; the tumour core for the brats model).
 3. Diversity: mean pairwise Dice between masks of different seeds at equal requested features
    (masks are centred on their centroids, so this measures shape, not position, differences). Each seed
    draws its own set of candidates, so selection can make seeds agree more, which this measures.
@@ -61,13 +62,32 @@ def grid_requests() -> list[dict[str, float]]:
     return requests
 
 
-def heldout_requests(data_root: Path, count: int) -> list[dict[str, float]]:
-    """Features of augmented variants of the held-out KiTS19 tumour (never in the training bank)."""
+#: per region preset of the model: the held-out tumour (file under the data root, its tumour labels, a title)
+HELDOUT = {
+    "lesion": ("kits19_labels_only/case_00004_segmentation.nii.gz", [2], "held-out KiTS19 tumour (case 4)"),
+    "brats": ("brats2015_subset/brats_2013_pat0005_1/OTMultiClass.nii.gz", [1, 3, 4],
+              "held-out BRATS tumour core (pat0005)"),
+}
+
+
+def model_data(model: str) -> tuple[str, float]:
+    """The model's region preset ('lesion', 'brats'; it picks the held-out tumour) and base grid spacing."""
+    from napari_medgen.hub import read_checkpoint_config
+
+    extra = read_checkpoint_config(model).get("extra", {})
+    return str(extra.get("region_preset", "lesion")), float(extra.get("base_spacing_mm", 2.0))
+
+
+def heldout_requests(data_root: Path, count: int, preset: str = "lesion",
+                     base_spacing_mm: float = 2.0) -> list[dict[str, float]]:
+    """Features of augmented variants of the model's held-out tumour (never in its training bank), augmented
+    on the model's own field of view."""
+    path, labels, _ = HELDOUT[preset]
     data = ShapeGanDataConfig(
-        sources=[{"glob": str(data_root / "kits19_labels_only" / "case_00004_segmentation.nii.gz"), "labels": [2]}],
-        max_components_per_file=1, min_volume_mm3=150.0,
+        sources=[{"glob": str(data_root / path), "labels": labels}], regions=preset,
+        max_components_per_file=1, min_volume_mm3=150.0, base_spacing_mm=base_spacing_mm,
     )
-    tumour = _read_tumours(data, [(data.sources[0]["glob"], [2])])[0]
+    tumour = _read_tumours(data, [(data.sources[0]["glob"], labels)])[0]
     rng = np.random.default_rng(2024)
     out: list[dict[str, float]] = []
     while len(out) < count:
@@ -173,9 +193,10 @@ def run(model: str, candidates: int, data_root: Path, heldout: int, seeds: int, 
     grid_rows = [(req, got) for req, got in grid_all if got is not None]
     held_rows: list = []
     held_failed = 0
-    if heldout > 0 and (data_root / "kits19_labels_only").is_dir():
+    preset, base_spacing = model_data(model)
+    if heldout > 0 and (data_root / HELDOUT[preset][0]).is_file():
         held_all = [(req, measure(req, model, seed=i, candidates=candidates, match_axes=match_axes))
-                    for i, req in enumerate(heldout_requests(data_root, heldout))]
+                    for i, req in enumerate(heldout_requests(data_root, heldout, preset, base_spacing))]
         held_rows = [(req, got) for req, got in held_all if got is not None]
         held_failed = len(held_all) - len(held_rows)
     div = diversity(model, seeds, candidates, match_axes)
@@ -187,7 +208,8 @@ def run(model: str, candidates: int, data_root: Path, heldout: int, seeds: int, 
         "grid": {"requests": len(grid_all), "failed (empty mask)": len(grid_all) - len(grid_rows),
                  "features": correlations(grid_rows), **volume_errors(grid_rows),
                  "selection": chosen_summary(grid_rows)},
-        "heldout_kits19_case_00004": (
+        "heldout_tumour": HELDOUT[preset][2],
+        "heldout": (
             {"requests": len(held_rows) + held_failed, "failed (empty mask)": held_failed,
              "features": correlations(held_rows), **volume_errors(held_rows),
              "selection": chosen_summary(held_rows)}
@@ -199,7 +221,7 @@ def run(model: str, candidates: int, data_root: Path, heldout: int, seeds: int, 
 
 def report(result: dict) -> None:
     print(f"\n===== candidates = {result['candidates']}, match_axes = {result['match_axes']} =====")
-    for title, block in (("grid", result["grid"]), ("held-out KiTS19 tumour", result["heldout_kits19_case_00004"])):
+    for title, block in (("grid", result["grid"]), (result["heldout_tumour"], result["heldout"])):
         if not block:
             continue
         print(f"\n{title}: {block['requests']} requests ({block['failed (empty mask)']} failed: empty mask)")

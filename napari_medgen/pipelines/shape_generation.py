@@ -156,18 +156,34 @@ def _spacing(spacing: Sequence[float] | float) -> tuple[float, float, float]:
     return (float(arr[0]), float(arr[1]), float(arr[2]))
 
 
+def _split_region(name: str) -> tuple[str | None, str]:
+    """``"necrotic_core/VoxelVolume"`` -> ("necrotic_core", "VoxelVolume"); a plain name has no region."""
+    region, _, feature = name.rpartition("/")
+    return (region or None), feature.removeprefix("original_shape_")
+
+
 def validate_request(
     features: Mapping[str, float] | None, preset: str | None, known: Sequence[str], field_of_view_mm: float,
-    base_spacing_mm: float,
+    base_spacing_mm: float, inner_regions: Sequence[str] = (),
 ) -> dict[str, float]:
-    """Merged preset + features in real units, checked; `InvalidInputError` says what is wrong."""
+    """Merged preset + features in real units, checked; `InvalidInputError` says what is wrong.
+
+    Plain names are features of the whole tumour (the model's outer region); ``<region>/<name>`` sets a
+    feature of one of the ``inner_regions`` of a multi-region model (e.g. ``necrotic_core/VoxelVolume``).
+    """
     request: dict[str, float] = {}
     if preset is not None:
         if preset not in PRESETS:
             raise InvalidInputError(f"Unknown preset {preset!r}; choose from {sorted(PRESETS)}.")
         request.update(PRESETS[preset])
     for raw_name, raw_value in dict(features or {}).items():
-        name = str(raw_name).removeprefix("original_shape_")
+        region, name = _split_region(str(raw_name))
+        if region is not None and region not in inner_regions:
+            inner = ", ".join(inner_regions) or "none: this model has one region"
+            raise InvalidInputError(
+                f"Unknown region {region!r} in {raw_name!r}. Inner regions of this model: {inner}; plain names "
+                "set features of the whole tumour."
+            )
         if name not in known:
             raise InvalidInputError(
                 f"Unknown shape feature {raw_name!r}. Known features (pyradiomics names): {', '.join(known)}; "
@@ -177,10 +193,11 @@ def validate_request(
             value = float(raw_value)
         except (TypeError, ValueError) as error:
             raise InvalidInputError(f"{name} must be a number; got {raw_value!r}.") from error
-        request[name] = value
+        request[name if region is None else f"{region}/{name}"] = value
     fov = field_of_view_mm
     max_volume = math.pi / 6.0 * (fov - 2 * base_spacing_mm) ** 3
-    for name, value in request.items():
+    for key, value in request.items():
+        name = _split_region(key)[1]
         if not math.isfinite(value):
             raise InvalidInputError(f"{name} is {value}; give a finite number.")
         if name in _RATIOS and not 0.0 < value <= 1.0:
@@ -206,7 +223,8 @@ def validate_request(
 
 
 def fill_features(request: Mapping[str, float], extra: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
-    """Normalised full conditioning vector for ``request`` (outer-region features) and its real-unit view.
+    """Normalised full conditioning vector for ``request`` (outer-region features; ``<region>/<name>`` for an
+    inner region) and its real-unit view.
 
     Unknown entries take the conditional mean of the bank Gaussian given the known ones (clipped to +-4
     standard deviations so that extreme requests stay inside what the model has seen).
@@ -220,8 +238,9 @@ def fill_features(request: Mapping[str, float], extra: Mapping[str, Any]) -> tup
     cov = np.asarray(extra["feature_gaussian"]["cov"], dtype=np.float64)
     known_idx: list[int] = []
     known_val: list[float] = []
-    for name, value in request.items():
-        i = names.index(f"{outer}/original_shape_{name}")
+    for key, value in request.items():
+        region, name = _split_region(key)
+        i = names.index(f"{region or outer}/original_shape_{name}")
         raw = np.log1p(value) if normalizer.log[i] else value
         known_idx.append(i)
         known_val.append((raw - normalizer.mean[i]) / normalizer.std[i])
@@ -463,7 +482,8 @@ def generate_shape(
     base_spacing = float(extra["base_spacing_mm"])
     fov = float(extra["field_of_view_mm"])
     known = list(extra.get("condition_features", USER_FEATURES))
-    request = validate_request(features, preset, known, fov, base_spacing)
+    regions = list(extra["regions"])
+    request = validate_request(features, preset, known, fov, base_spacing, regions[:-1])
     if crop_size_mm is not None and (not math.isfinite(float(crop_size_mm)) or float(crop_size_mm) <= 0):
         raise InvalidInputError(f"crop_size_mm must be a positive number of millimetres; got {crop_size_mm!r}.")
     vector, filled = fill_features(request, extra)
@@ -498,6 +518,11 @@ def generate_shape(
     if request:  # all candidates measured in one call (also a single one, for the metadata)
         measured = shape_features_batch(fine_masks[:, -1], (fine_step,) * 3)
         errors = match_errors(request, measured, log_scales)
+        for r, region in enumerate(regions[:-1]):  # inner regions asked for by name, measured the same way
+            wanted = {name: v for key, v in request.items() for reg, name in [_split_region(key)] if reg == region}
+            if wanted:
+                inner = shape_features_batch(fine_masks[:, r], (fine_step,) * 3)
+                errors.update({f"{region}/{k}": v for k, v in match_errors(wanted, inner, log_scales).items()})
     totals = np.sum(list(errors.values()), axis=0) if errors else np.zeros(count)
     totals = np.where(volumes > 0, totals, np.inf)
     # differences below 1e-9 (float noise of the volume residual) are ties, kept by the lowest index; with

@@ -145,6 +145,24 @@ def test_data_config_errors(tmp_path: Path) -> None:
         build_shape_bank(data)
 
 
+def test_held_out_cases_match_file_or_folder_names(tmp_path: Path) -> None:
+    """BRATS-style layouts name the case by its folder (every file is OTMultiClass.nii.gz), KiTS by file."""
+    from napari_medgen.training.tasks.shape_gan import _source_files
+
+    for case in ("brats_pat0001", "brats_pat0005"):
+        (tmp_path / case).mkdir()
+        (tmp_path / case / "OTMultiClass.nii.gz").write_bytes(b"")
+    (tmp_path / "case_00004_segmentation.nii.gz").write_bytes(b"")
+    (tmp_path / "case_00003_segmentation.nii.gz").write_bytes(b"")
+    data = ShapeGanDataConfig(sources=[{"glob": str(tmp_path / "*" / "OTMultiClass.nii.gz")},
+                                       {"glob": str(tmp_path / "case_*_segmentation.nii.gz"), "labels": [2]}],
+                              exclude=["pat0005", "case_00004"])
+    kept = [Path(path).relative_to(tmp_path).as_posix() for path, _ in _source_files(data)]
+    assert kept == ["brats_pat0001/OTMultiClass.nii.gz", "case_00003_segmentation.nii.gz"]
+    with pytest.raises(ConfigError, match="Every file"):
+        _source_files(ShapeGanDataConfig(sources=data.sources, exclude=["pat", "case"]))
+
+
 def test_training_steps_export_and_hub_round_trip(tmp_path: Path) -> None:
     _write_labels(tmp_path / "labels")
     cfg = _config(tmp_path, regions="brats")

@@ -421,3 +421,38 @@ def test_cli_shape_no_match_axes(tmp_path) -> None:
     expected = generate_shape({"VoxelVolume": 3000.0, "Elongation": 0.5}, seed=4, spacing=2.0, model=MODEL,
                               candidates=2, match_axes=False)
     assert np.array_equal(io.read_labels(out).array, expected.array)
+
+
+# ---- the bundled two-region brain model ------------------------------------------------------------
+BRATS_MODEL = "shape-gan-brats"
+
+
+@pytest.mark.parametrize("necrosis_mm3", [2000.0, 12000.0])
+def test_brats_model_nests_the_necrotic_core_inside_the_tumour(necrosis_mm3: float) -> None:
+    labels = generate_shape({"VoxelVolume": 30000.0, "necrotic_core/VoxelVolume": necrosis_mm3}, seed=0,
+                            model=BRATS_MODEL, candidates=4)
+    arr = labels.array
+    assert set(np.unique(arr).tolist()) == {0, 1, 2}
+    assert labels.metadata["label_names"] == {"1": "necrotic_core", "2": "tumour_core"}
+    tumour = arr > 0
+    assert _solid_single_component(tumour)
+    assert np.count_nonzero(tumour) == pytest.approx(30000.0, rel=0.03)
+    assert "necrotic_core/VoxelVolume" in labels.metadata["match_errors"]
+    # the core never reaches outside the tumour: it is a sub-label of it, and nowhere on the box border
+    assert not (arr == 1)[[0, -1]].any() and not (arr == 1)[:, [0, -1]].any()
+
+
+def test_brats_model_follows_the_requested_necrotic_volume() -> None:
+    cores = [np.count_nonzero(generate_shape({"VoxelVolume": 30000.0, "necrotic_core/VoxelVolume": v}, seed=0,
+                                             model=BRATS_MODEL, candidates=4).array == 1)
+             for v in (2000.0, 12000.0)]
+    assert cores[1] > 1.5 * cores[0]  # loosely followed (4 training tumours), but clearly in the right direction
+
+
+def test_inner_region_names_are_checked() -> None:
+    with pytest.raises(InvalidInputError, match="Unknown region 'edema'"):
+        generate_shape({"edema/VoxelVolume": 1000.0}, model=BRATS_MODEL)
+    with pytest.raises(InvalidInputError, match="this model has one region"):
+        generate_shape({"necrotic_core/VoxelVolume": 1000.0}, model=MODEL)
+    with pytest.raises(InvalidInputError, match="Sphericity must lie in"):
+        generate_shape({"necrotic_core/Sphericity": 1.5}, model=BRATS_MODEL)

@@ -93,7 +93,8 @@ class ShapeGanDataConfig:
 
     sources: list[dict[str, Any]] = field(default_factory=list)  # [{glob: "...", labels: [2]}, ...]
     regions: str = "lesion"  # REGION_PRESETS name: channels of the model (inner -> outer)
-    exclude: list[str] = field(default_factory=list)  # file-name substrings held out (evaluation cases)
+    # substrings of the file name or of its folder's name (BRATS-style layouts name cases by folder) held out
+    exclude: list[str] = field(default_factory=list)
     base_size: int = 32
     base_spacing_mm: float = 2.0
     hires_factor: int = 2  # features are extracted at base_spacing_mm / hires_factor
@@ -166,6 +167,12 @@ class _Tumour:
     points_mm: np.ndarray  # (P, 3) subsample of foreground voxel centres
 
 
+def _held_out(path: Path, exclude: Sequence[str]) -> bool:
+    """Whether a label file is held out: a term of ``exclude`` is part of its name or of its folder's name
+    (``case_00004_segmentation.nii.gz``, ``brats_2013_pat0005_1/OTMultiClass.nii.gz``)."""
+    return any(term in path.name or term in path.parent.name for term in exclude)
+
+
 def _source_files(data: ShapeGanDataConfig) -> list[tuple[str, list[int] | None]]:
     """(path, tumour labels) of every label file of the sources, minus held-out ones; sorted per source."""
     found: list[tuple[str, list[int] | None]] = []
@@ -174,7 +181,7 @@ def _source_files(data: ShapeGanDataConfig) -> list[tuple[str, list[int] | None]
         matches = sorted(glob.glob(pattern))
         if not matches:
             raise ConfigError(f"data.sources glob {source['glob']!r} matches no file (from {Path.cwd()}).")
-        found += [(p, source.get("labels")) for p in matches if not any(t in Path(p).name for t in data.exclude)]
+        found += [(p, source.get("labels")) for p in matches if not _held_out(Path(p), data.exclude)]
     if not found:
         raise ConfigError("Every file of data.sources is excluded by data.exclude; nothing to train on.")
     return found
