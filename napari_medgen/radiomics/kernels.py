@@ -374,8 +374,8 @@ def diameters(padded: np.ndarray, first: np.ndarray, last: np.ndarray, spacing_z
     n = padded.shape[0]
     big = 2 * max(padded.shape[1], padded.shape[2], padded.shape[3]) + 2
     out = np.zeros((n, 4))
-    lo = np.full((4, big, big), 1 << 30, np.int64)  # (axis, plane, row) -> leftmost column; 3: z-lines
-    hi = np.full((4, big, big), -1, np.int64)
+    lo = np.full((4, big, big), 1 << 30, np.int32)  # (axis, plane, row) -> leftmost column; 3: z-lines
+    hi = np.full((4, big, big), -1, np.int32)
     pr = np.empty(2 * big, np.int64)
     pc = np.empty(2 * big, np.int64)
     hull = np.empty(2 * big + 2, np.int64)

@@ -59,8 +59,34 @@ class TumourShapeWidget(Container):
         rows.extend([self._seed, self._generate, self._status])
         self.extend(rows)
         self._generate.changed.connect(self._start)
+        self._model.changed.connect(self._model_changed)
         self.worker: Any = None
         self.last_layer: Any = None
+
+    def _model_changed(self) -> None:
+        """Another model (bundled name or folder): its own slider ranges and defaults (each model's bank
+        differs: e.g. `shape-gan-brats` spans larger tumours than `shape-gan-lesion`)."""
+        from napari_medgen.errors import MedGenError
+        from napari_medgen.pipelines.shape_generation import shape_controls
+
+        try:
+            controls = {c.name: c for c in shape_controls(self._model.value)}
+        except MedGenError as error:
+            self._status.value = f"model: {error}"
+            return
+        for name, (use, slider) in self._controls.items():
+            control = controls.get(name)
+            slider.enabled = use.enabled = control is not None
+            if control is None:
+                use.value = False
+                continue
+            # widen first so that neither bound is ever set across the current value
+            slider.min = min(slider.min, control.min)
+            slider.max = max(slider.max, control.max)
+            slider.value = control.default
+            slider.min, slider.max = control.min, control.max
+            slider.step = (control.max - control.min) / 200
+        self._status.value = f"model {self._model.value}: slider ranges from its training data"
 
     def request(self) -> dict[str, float]:
         """The features whose checkbox is ticked, in real units."""

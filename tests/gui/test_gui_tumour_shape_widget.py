@@ -58,3 +58,19 @@ def test_empty_points_layer_reports_error_and_adds_nothing(viewer_with_phantom_a
     qtbot.waitUntil(lambda: widget._status.value.startswith("error"), timeout=60000)
     assert "points layer is empty" in widget._status.value
     assert len(viewer.layers) == n_layers
+
+
+def test_changing_the_model_rescales_the_sliders(make_napari_viewer) -> None:
+    from napari_medgen.pipelines.shape_generation import shape_controls
+    from napari_medgen.widgets.tumour_shape import TumourShapeWidget
+
+    widget = TumourShapeWidget(make_napari_viewer())
+    widget._model.value = "shape-gan-brats"
+    brats = {c.name: c for c in shape_controls("shape-gan-brats")}
+    use, slider = widget._controls["VoxelVolume"]
+    assert (slider.min, slider.max) == pytest.approx((brats["VoxelVolume"].min, brats["VoxelVolume"].max), rel=1e-6)
+    assert slider.value == pytest.approx(brats["VoxelVolume"].default, rel=1e-6)
+    assert "shape-gan-brats" in widget._status.value
+    widget._model.value = "/no/such/model"
+    assert widget._status.value.startswith("model:")  # a clear message, sliders left as they were
+    assert slider.max == pytest.approx(brats["VoxelVolume"].max, rel=1e-6)
