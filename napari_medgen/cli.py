@@ -547,8 +547,14 @@ def _check_edit_output(path: Path, option: str, allowed: tuple[str, ...] = _EDIT
     return dest
 
 
-def _check_distinct(paths: list[Path | None]) -> None:
-    given = [p.expanduser().absolute() for p in paths if p is not None]
+def _check_edit_outputs(out: Path, mask_out: Path | None, report: Path | None) -> None:
+    """The scan, mask and report outputs of a tumour command: writable kinds, and all different."""
+    _check_edit_output(out, "--out")
+    if mask_out is not None:
+        _check_edit_output(mask_out, "--mask-out", (*_EDIT_OUTPUTS, ".seg.nrrd"))
+    if report is not None:
+        _check_edit_output(report, "--report", (".json",))
+    given = [p.expanduser().absolute() for p in (out, mask_out, report) if p is not None]
     if len(set(given)) != len(given):
         raise MedGenError("The output files must all be different (--out, --mask-out, --report).")
 
@@ -724,11 +730,7 @@ def synth(
         if texture_from_label is not None and texture_from is None:
             raise MedGenError("--texture-from-label picks a label of the --texture-from reference; add --texture-from.")
         centre = _floats(center_mm, "--center-mm") if center_mm is not None else None
-        _check_edit_output(out, "--out")
-        _check_edit_output(mask_out, "--mask-out", (*_EDIT_OUTPUTS, ".seg.nrrd"))
-        if report is not None:
-            _check_edit_output(report, "--report", (".json",))
-        _check_distinct([out, mask_out, report])
+        _check_edit_outputs(out, mask_out, report)
         volume = io.read_volume(image)
         shape = _shape_mask(shape_mask, volume) if shape_mask is not None else None
         if centre is None and (shape is None or not shape.same_grid(volume)):
@@ -781,12 +783,7 @@ def remove_tumour(
     model_name = model or DEFAULT_MODEL
     try:
         _check_edit_counts(seed, steps)
-        _check_edit_output(out, "--out")
-        if mask_out is not None:
-            _check_edit_output(mask_out, "--mask-out", (*_EDIT_OUTPUTS, ".seg.nrrd"))
-        if report is not None:
-            _check_edit_output(report, "--report", (".json",))
-        _check_distinct([out, mask_out, report])
+        _check_edit_outputs(out, mask_out, report)
         volume = io.read_volume(image)
         label_map = io.read_labels(labels, reference=volume)
         job = remove_job(volume, label_map, label, model=model_name, steps=steps, seed=seed)

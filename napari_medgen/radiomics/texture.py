@@ -1,16 +1,13 @@
 """Texture matrices (GLCM, GLRLM, GLSZM, GLDM, NGTDM) and their features for many crops at once.
 
-Everything runs on a `VoxelLattice` (ROI voxels of N crops in one zero-padded flat array), one neighbour
-direction at a time, for all crops together; each direction costs a few gathers over the ROI voxels:
+Everything runs on a `VoxelLattice` (ROI voxels of N crops in one zero-padded flat array). The counts come
+from the compiled loops of `kernels`, one pass over the ROI voxels for all crops together:
 
-- GLCM: one ``np.bincount`` per direction over (crop, i, j) codes.
-- GLDM / NGTDM: per-voxel neighbour counts and sums accumulated from the forward/backward gathers.
-- GLRLM: runs of length 1 are counted by subtraction (voxels minus same-level links); the runs that start a
-  link chain are followed voxel by voxel, so the work is the number of voxels in runs longer than one.
-  As in pyradiomics, a direction in which no line holds two ROI voxels (e.g. across a one-slice ROI) is
+- GLCM, GLDM, NGTDM and GLRLM from `kernels.neighbour_counts` (the runs of length 1 follow by subtraction).
+  As in pyradiomics, a GLRLM direction in which no line holds two ROI voxels (e.g. across a one-slice ROI) is
   dropped for that crop.
-- GLSZM: 26-connected (8 in 2D) same-level zones are the connected components of the same-level links,
-  found with a vectorised union-find over the whole batch; the features are sums over the zone list.
+- GLSZM: 26-connected (8 in 2D) same-level zones from `kernels.zones` (flood fill); the features are sums
+  over the zone list.
 
 Feature formulas are applied to the batched matrices (N, angles, Ng, Ng) and friends. Gray levels absent
 from a crop simply have empty rows/columns; the formulas where pyradiomics' deletion of those rows matters
