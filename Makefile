@@ -1,5 +1,6 @@
-# make test  : create the environment if needed, then run the whole test suite
+# make test  : create the environment if needed, then run the test suite (tests marked `slow` are deselected)
 # make demo  : create the environment if needed, then run the main job on bundled defaults
+# make test-slow : only the `slow` tests (the end-to-end demo test); make gpu-check : benchmarks/gpu_check.py
 PYTHON ?= python3
 VENV ?= .venv
 SLICER_VENV ?= .venv-slicer
@@ -7,12 +8,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medgen-installed
 SLICER_STAMP := $(SLICER_VENV)/.medgen-installed
 DEMO_OUT ?= outputs/demo
+GPU_CHECK_OUT ?= outputs/gpu_check
 # Debian packages napari needs to draw under a virtual X server (see docs/install.md).
 APT_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libgl1 libegl1 libgl1-mesa-dri \
 	libglx-mesa0 libxkbcommon-x11-0 libxcb-cursor0 libxcb-image0 libxcb-randr0 libxcb-render-util0 \
 	libxcb-shape0 libxcb-xfixes0 libxcb-xkb1 libfontconfig1 libdbus-1-3
 
-.PHONY: setup system-deps test demo lint slicer-test screenshots clean
+.PHONY: setup system-deps test test-slow demo lint gpu-check slicer-test screenshots clean
 
 setup: $(STAMP)
 
@@ -35,11 +37,18 @@ system-deps:
 test: $(STAMP)
 	$(PY) -m pytest
 
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check napari_medgen tests benchmarks docs
 
 demo: $(STAMP)
 	$(VENV)/bin/medgen demo --out $(DEMO_OUT)
+
+# needs a CUDA GPU (exit 2 without one); see docs/install.md, "GPU"
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
 
 # The Slicer module's MRML conversions are tested against slicer-core, which pins vtk: own venv.
 $(SLICER_STAMP): pyproject.toml constraints.txt

@@ -104,7 +104,7 @@ def measure(request: dict[str, float], model: str, seed: int, candidates: int,
             match_axes: bool = True) -> dict[str, float] | None:
     """Measured features of the generated mask; None when the model failed (an empty mask), which is counted."""
     try:
-        labels = generate_shape(request, seed=seed, model=model, candidates=candidates, match_axes=match_axes)
+        labels = generate_shape(request, seed=seed, model=model, candidates=candidates, match_axes=match_axes).mask
     except MedGenError:
         return None
     feats = shape_features_of(labels.array > 0, labels.spacing)
@@ -161,7 +161,7 @@ def diversity(model: str, seeds: int, candidates: int, match_axes: bool = True) 
         for s in range(seeds):
             try:
                 made.append(generate_shape(request, seed=s, model=model, candidates=candidates,
-                                           match_axes=match_axes).array > 0)
+                                           match_axes=match_axes).mask.array > 0)
             except MedGenError:
                 continue
         masks = _centred_pad(made) if made else []

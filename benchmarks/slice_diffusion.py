@@ -178,7 +178,7 @@ def main() -> int:
                                      "seconds_per_slice": per_slice}
     t0 = time.perf_counter()
     pairs = generate_pairs(args.pairs, guider=args.guider, image_model=args.busi_model, steps=25, sampler="ddim",
-                           seed=0, batch_size=26)
+                           seed=0, batch_size=26).pairs
     pair_seconds = (time.perf_counter() - t0) / args.pairs
     syn_img = np.stack([p[0].array[0] * 2.0 - 1.0 for p in pairs]).astype(np.float32)
     syn_lab = np.stack([p[1].array[0] for p in pairs]).astype(np.int64)

@@ -114,7 +114,7 @@ def generate_from_labels_screenshot(out: Path, data_dir: Path) -> Path:
     viewer = napari.Viewer(show=True, title="napari-medgen: generate an image from labels, slice by slice")
     [brain] = viewer.open_sample("napari-medgen", "mni152")
     volume = layer_to_volume(brain)
-    tumour = place_shape(generate_shape(DEMO_SHAPE_REQUEST, spacing=volume.spacing, seed=0), volume,
+    tumour = place_shape(generate_shape(DEMO_SHAPE_REQUEST, spacing=volume.spacing, seed=0).mask, volume,
                          DEMO_SHAPE_CENTER_MM)
     data, kwargs, _ = volume_to_layer_data(brats_labels_around(volume, tumour), "BRATS-style labels")
     labels = viewer.add_labels(data, **kwargs)
@@ -156,7 +156,6 @@ def paired_generation_screenshot(out: Path, data_dir: Path) -> Path:
     widget = PairedGenerationWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Paired generation", area="right")
     widget._n.value = 8
-    widget._seed_used = 0
     widget._add_layers(generate_pairs(**widget.options()))
     image_layer, mask_layer = widget.last_layers
     mask_layer.opacity = 0.4

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from napari_medgen.core import io
-from napari_medgen.core.atomic import atomic_write_text
+from napari_medgen.core.atomic import atomic_file, atomic_write_text
 from napari_medgen.core.montage import save_montage, save_montage_rows
 from napari_medgen.core.progress import Job, ProgressEvent
 from napari_medgen.core.volume import GEOMETRY_TOLERANCE, LabelMap, Volume
@@ -44,7 +44,7 @@ def _shape_demo(brain: Volume, out: Path, outputs: list[str]) -> tuple[dict[str,
     from napari_medgen.radiomics import extract_features
 
     t0 = time.perf_counter()
-    shape = generate_shape(DEMO_SHAPE_REQUEST, spacing=brain.spacing, seed=0)
+    shape = generate_shape(DEMO_SHAPE_REQUEST, spacing=brain.spacing, seed=0).mask
     placed = place_shape(shape, brain, DEMO_SHAPE_CENTER_MM)
     seconds = time.perf_counter() - t0
     io.write_volume(placed, out / "mni152_tumour_mask.nii.gz")
@@ -100,7 +100,7 @@ def _slice_diffusion_demo(brain: Volume, tumour: LabelMap, out: Path, outputs: l
     z0, z1 = max(0, int(rows[0]) - 4), min(labels.shape[0], int(rows[-1]) + 5)
     labels_slab, brain_slab = _slab(labels, z0, z1), _slab(brain, z0, z1)
     t0 = time.perf_counter()
-    synthetic = generate_from_labels(labels_slab, reference=brain_slab, **DEMO_SEG2IMG)
+    synthetic = generate_from_labels(labels_slab, reference=brain_slab, **DEMO_SEG2IMG).image
     seconds = time.perf_counter() - t0
     io.write_volume(labels_slab, out / "seg2img_labels.nii.gz")
     io.write_volume(synthetic, out / "seg2img_flair.nii.gz")
@@ -109,7 +109,7 @@ def _slice_diffusion_demo(brain: Volume, tumour: LabelMap, out: Path, outputs: l
     outputs.extend(["seg2img_labels.nii.gz", "seg2img_flair.nii.gz", "seg2img_montage.png"])
 
     t0 = time.perf_counter()
-    pairs = generate_pairs(**DEMO_PAIRS)
+    pairs = generate_pairs(**DEMO_PAIRS).pairs
     pair_seconds = time.perf_counter() - t0
     _save_pairs_sheet(out / "paired_busi.png", pairs)
     outputs.append("paired_busi.png")
@@ -211,9 +211,8 @@ def _save_pairs_sheet(path: Path, pairs: list[tuple[Volume, LabelMap]]) -> None:
         tiles_bottom.append(outlined)
     sheet = np.concatenate([np.concatenate(tiles_top, 1), np.concatenate(tiles_bottom, 1)], 0)
     img = Image.fromarray(sheet).resize((sheet.shape[1] * 3, sheet.shape[0] * 3), Image.NEAREST)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    img.save(tmp)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        img.save(tmp, format="PNG")
 
 
 def run_demo(out_dir: str | Path) -> Job[dict[str, Any]]:

@@ -21,14 +21,12 @@ import importlib
 import json
 import os
 import pkgutil
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from napari_medgen.core.atomic import commit_folder
+from napari_medgen.core.atomic import staged_outputs
 from napari_medgen.errors import CheckpointError, InvalidInputError, MedGenError
 
 if TYPE_CHECKING:
@@ -276,16 +274,9 @@ def write_directory_atomically(directory: Path, write: Callable[[Path], None]) -
             f"{directory} exists and is not a napari-medgen checkpoint; refusing to replace it. "
             "Choose a new or empty folder."
         )
-    parent = directory.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
-    try:
-        os.chmod(tmp, 0o755)
+    with staged_outputs([directory]) as (tmp,):
+        tmp.mkdir()
         write(tmp)
-        commit_folder(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
@@ -428,19 +419,24 @@ def from_pretrained(
     return model
 
 
-_LOADED: dict[tuple[str, str], nn.Module] = {}
+_LOADED: dict[tuple[str, str, str], nn.Module] = {}
 _LOADED_LOCK = threading.Lock()
 
 
-def load_cached(name_or_path: str | os.PathLike[str], *, expected_type: str) -> nn.Module:
-    """`from_pretrained` on CPU, kept in memory per folder and weight-file time (GUIs and batch jobs load
-    the same checkpoint many times; a re-trained file is picked up). Callers must not modify the model."""
+def load_cached(name_or_path: str | os.PathLike[str], *, expected_type: str, device: Any = None) -> nn.Module:
+    """`from_pretrained` on the resolved device (`core.device.select_device`: explicit > ``$MEDGEN_DEVICE`` >
+    cuda > mps > cpu), kept in memory per folder, weight-file time and device (GUIs and batch jobs load the same
+    checkpoint many times; a re-trained file is picked up; a GPU and a CPU copy can coexist). The device is checked
+    before anything is read, so an unavailable one fails at once. Callers must not modify the model."""
+    from napari_medgen.core.device import select_device
+
+    target = select_device(device)
     folder = resolve_checkpoint(name_or_path)
     weights = folder / MODEL_FILE
-    key = (f"{folder.resolve()}:{weights.stat().st_mtime_ns if weights.exists() else 0}", expected_type)
+    key = (f"{folder.resolve()}:{weights.stat().st_mtime_ns if weights.exists() else 0}", expected_type, str(target))
     with _LOADED_LOCK:
         if key not in _LOADED:
-            model = from_pretrained(folder, expected_type=expected_type)
+            model = from_pretrained(folder, expected_type=expected_type, device=target)
             if len(_LOADED) >= 8:
                 _LOADED.pop(next(iter(_LOADED)))
             _LOADED[key] = model

@@ -12,34 +12,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from napari_medgen.core.naming import looks_like_labels
+from napari_medgen.core.naming import stem as _stem
 from napari_medgen.core.volume import LabelMap, Volume
 from napari_medgen.errors import InvalidInputError, UnsupportedFormatError
 from napari_medgen.layers import LayerDataTuple, layer_to_volume, volume_to_layer_data
 
 PathOrPaths = str | os.PathLike | Sequence[str | os.PathLike]
 
-_LABEL_NAME = re.compile(r"(label|seg|mask)", re.IGNORECASE)
-_COMPOUND_SUFFIXES = (".seg.nrrd", ".nii.gz")
-
-
 def _paths(path: PathOrPaths) -> list[str]:
     if isinstance(path, str | os.PathLike):
         return [os.fspath(path)]
     return [os.fspath(p) for p in path]
-
-
-def _stem(path: str) -> str:
-    name = Path(path.rstrip("/\\")).name
-    lower = name.lower()
-    for suffix in _COMPOUND_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
-def looks_like_labels(path: str) -> bool:
-    """True when the file name says it is a label map (``label``, ``seg``, ``mask``, ``.seg.nrrd``)."""
-    return bool(_LABEL_NAME.search(Path(path.rstrip("/\\")).name))
 
 
 # ---- reader ------------------------------------------------------------------------------------------
@@ -129,7 +113,7 @@ def write_layers_to_folder(path: str, layer_data: list[tuple[Any, dict[str, Any]
     Every layer is converted before anything is written, so an unsavable layer (RGB, 4D, sheared)
     leaves no half-written folder behind.
     """
-    from napari_medgen.core.io import write_volume
+    from napari_medgen.core.io import write_outputs
 
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
@@ -151,12 +135,8 @@ def write_layers_to_folder(path: str, layer_data: list[tuple[Any, dict[str, Any]
             str(meta.get("name") or ("labels" if isinstance(volume, LabelMap) else "image")), used
         )
         planned.append((folder / f"{name}.nii.gz", volume))
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for target, volume in planned:
-        write_volume(volume, target)
-        written.append(str(target))
-    return written
+    write_outputs([(volume, target) for target, volume in planned])  # every layer or none
+    return [str(target) for target, _ in planned]
 
 
 __all__ = [

@@ -65,6 +65,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "out.nii.gz").exists()
 
 
+@pytest.mark.slow
 def test_demo_writes_outputs_and_exact_round_trips(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = runner.invoke(app, ["demo", "--out", str(out), "--quiet"])
@@ -141,3 +142,67 @@ def test_radiomics_refuses_filtered_image_types(tmp_path: Path) -> None:
     result = runner.invoke(app, ["radiomics", str(image_path), str(label_path), "--params", str(params)])
     assert result.exit_code == 2
     assert "Wavelet" in result.output
+
+
+# ---- device: every model command checks it first, before reading any file --------------------------------
+_MODEL_COMMANDS = {  # inputs need not exist: the device is checked before anything is read
+    "shape": ["shape", "--out", "{out}/mask.nii.gz"],
+    "synth": ["synth", "{out}/missing.nii.gz", "--out", "{out}/synth.nii.gz", "--mask-out", "{out}/mask.nii.gz",
+              "--center-mm", "0,0,0"],
+    "remove": ["remove", "{out}/missing.nii.gz", "{out}/missing_seg.nii.gz", "--out", "{out}/removed.nii.gz"],
+    "batch": ["batch", "{out}/missing.nii.gz", "--out-dir", "{out}/aug", "--variants", "1"],
+    "seg2img": ["seg2img", "{out}/missing_labels.nii.gz", "--out", "{out}/image.nii.gz"],
+    "paired": ["paired", "--n", "1", "--out", "{out}/pairs"],
+}
+
+
+def _cuda_missing() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda_missing(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("how", ["option", "env"])
+@pytest.mark.parametrize("command", sorted(_MODEL_COMMANDS))
+def test_unavailable_device_is_one_line_naming_it_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, how: str
+) -> None:
+    import time
+
+    args = [a.format(out=tmp_path) for a in _MODEL_COMMANDS[command]]
+    if how == "option":
+        monkeypatch.delenv("MEDGEN_DEVICE", raising=False)
+        args += ["--device", "cuda"]
+    else:
+        monkeypatch.setenv("MEDGEN_DEVICE", "cuda")
+    start = time.perf_counter()
+    result = runner.invoke(app, args)
+    assert time.perf_counter() - start < 10
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "'cuda'" in lines[0], result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "tpu"])
+def test_unknown_or_missing_device_index_fails_cleanly(tmp_path: Path, device: str) -> None:
+    result = runner.invoke(app, ["shape", "--out", str(tmp_path / "mask.nii.gz"), "--device", device])
+    assert result.exit_code == 2
+    assert device in result.output and "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_model_command_offers_device() -> None:
+    for command in ("shape", "synth", "remove", "batch", "seg2img", "paired"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and "--device" in result.output, command
+
+
+def test_cli_is_a_package_of_small_modules() -> None:
+    import napari_medgen.cli as cli
+
+    folder = Path(cli.__file__).parent
+    assert cli.__file__.endswith("__init__.py")
+    for module in folder.glob("*.py"):
+        assert len(module.read_text(encoding="utf-8").splitlines()) <= 700, module.name

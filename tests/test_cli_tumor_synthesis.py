@@ -13,10 +13,11 @@ import pytest
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from napari_medgen.cli import _centre_candidates, app
+from napari_medgen.cli import app
 from napari_medgen.core import io
 from napari_medgen.core.geometry import index_to_physical
 from napari_medgen.core.volume import LabelMap, Volume
+from napari_medgen.pipelines.augmentation import centre_candidates
 
 runner = CliRunner()
 FAST = ["--steps", "2", "--quiet"]
@@ -197,12 +198,12 @@ def test_centre_candidates_stay_inside_the_foreground() -> None:
     arr = np.zeros((40, 40, 40), dtype=np.float32)
     arr[5:35, 8:32, 10:30] = 100.0
     volume = Volume(arr, spacing=(1.0, 1.0, 2.0))  # x, y, z: z voxels are 2 mm
-    candidates = _centre_candidates(volume, 8.0)
+    candidates = centre_candidates(volume, 8.0)
     assert len(candidates) > 0
     distance = ndimage.distance_transform_edt(arr > 0, sampling=volume.spacing_zyx)
     assert distance[tuple(candidates.T)].min() >= 8.0
     assert arr[tuple(candidates.T)].min() == 100.0
-    assert len(_centre_candidates(volume, 30.0)) == 0
+    assert len(centre_candidates(volume, 30.0)) == 0
 
 
 def test_batch_writes_variants_and_manifest_deterministically(

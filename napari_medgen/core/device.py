@@ -8,6 +8,7 @@ always kept in float32; reduced precision is only used for autocast on devices t
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,7 +27,7 @@ def _mps_available(torch_mod) -> bool:  # noqa: ANN001 - module object
     return bool(backend is not None and backend.is_available())
 
 
-def select_device(preferred: str | None = None) -> torch.device:
+def select_device(preferred: str | torch.device | None = None) -> torch.device:
     """Pick the device: explicit ``preferred`` > ``$MEDGEN_DEVICE`` > cuda > mps > cpu.
 
     An explicitly requested device that is not available raises `InvalidInputError` instead of
@@ -34,15 +35,20 @@ def select_device(preferred: str | None = None) -> torch.device:
     """
     import torch
 
+    if preferred is not None and not isinstance(preferred, str):
+        preferred = str(preferred)
     request = preferred or os.environ.get(ENV_DEVICE) or ""
     request = request.strip().lower()
     if request and request != "auto":
         kind = request.split(":", 1)[0]
+        unknown = (f"Unknown device '{request}'. Use one of: auto, cpu, cuda, cuda:N, mps "
+                   f"(via --device or ${ENV_DEVICE}).")
         if kind not in _VALID_KINDS:
-            raise InvalidInputError(
-                f"Unknown device '{request}'. Use one of: auto, cpu, cuda, cuda:N, mps "
-                f"(via --device or ${ENV_DEVICE})."
-            )
+            raise InvalidInputError(unknown)
+        try:
+            device = torch.device(request)
+        except RuntimeError as error:
+            raise InvalidInputError(unknown) from error
         if kind == "cuda" and not torch.cuda.is_available():
             raise InvalidInputError(
                 f"Device '{request}' was requested but CUDA is not available on this machine; "
@@ -52,7 +58,12 @@ def select_device(preferred: str | None = None) -> torch.device:
             raise InvalidInputError(
                 f"Device 'mps' was requested but MPS is not available; use --device cpu or unset ${ENV_DEVICE}."
             )
-        return torch.device(request)
+        if kind == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise InvalidInputError(
+                f"Device '{request}' was requested but this machine has {torch.cuda.device_count()} CUDA device(s) "
+                f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1}); pick one of those or unset ${ENV_DEVICE}."
+            )
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if _mps_available(torch):
@@ -99,3 +110,26 @@ def describe_device(device: torch.device) -> str:
     if device.type == "mps":
         return "mps (Apple GPU)"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+#: what the widgets offer and the CLI's --device accepts besides ``cuda:N`` ("auto" = the policy above)
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """Reduced-precision autocast for network forward passes where `dtype_policy` allows it (bf16 on CUDA),
+    a no-op elsewhere. Callers keep scheduler arithmetic, codebook distances and thresholds outside it."""
+    import torch
+
+    policy = dtype_policy(device)
+    if policy.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=policy.autocast_dtype)
+
+
+def cpu_generator(seed: int) -> torch.Generator:
+    """A CPU random generator: noise is drawn on the CPU and moved to the model's device, so a seed gives the same
+    noise on every device (CUDA outputs then differ from CPU only by arithmetic, not by different draws)."""
+    import torch
+
+    return torch.Generator(device="cpu").manual_seed(int(seed))

@@ -11,6 +11,10 @@ ways, and serialises to a plain dict that checkpoints store next to their config
 
 With ``clip=True`` (the default) values beyond the window are clipped in `forward`; `inverse` can then
 only return the window's ends for them, which is the information the model had.
+
+Checkpoints name their input contract with a normalisation *spec* string (`NORMALIZATIONS_HELP`:
+``percentile``, ``zscore``, ``ct:brain`` ...); `normalize_intensity` and `fit_normalizer` apply it, for training and
+for inference alike, which is why they live here and not with any one model.
 """
 
 from __future__ import annotations
@@ -238,3 +242,61 @@ def percentile_normalizer(
     low, high = np.percentile(selected.astype(np.float64), [lower, upper])
     lo, hi = _out_range(out_range)
     return IntensityNormalizer(float(low), float(high), lo, hi, clip, "percentile", f"p{lower:g}-p{upper:g}")
+
+# ---- normalisation specs: the strings a checkpoint stores for its input contract -------------------------
+NORMALIZATIONS_HELP = (
+    "'percentile' (0.5-99.5th percentile -> [0, 1]), 'percentile_nonzero' (same over non-zero voxels, for "
+    "skull-stripped MR), 'zscore', 'ct:PRESET' (e.g. ct:abdomen), 'ct:LEVEL,WIDTH' (HU) or 'none'"
+)
+
+
+def check_normalization(spec: str) -> str:
+    """Validate a normalisation name (see `normalize_intensity`); returns it unchanged."""
+    if spec in ("none", "percentile", "percentile_nonzero", "zscore"):
+        return spec
+    if spec.startswith("ct:"):
+        _ct_normalizer(spec)
+        return spec
+    raise InvalidInputError(f"Unknown normalization {spec!r}; use {NORMALIZATIONS_HELP}.")
+
+
+def _ct_normalizer(spec: str) -> IntensityNormalizer:
+    body = spec[3:].strip()
+    if "," in body:
+        try:
+            level, width = (float(v) for v in body.split(","))
+        except ValueError as error:
+            raise InvalidInputError(f"normalization {spec!r}: write ct:LEVEL,WIDTH in HU, e.g. ct:40,400.") from error
+        return IntensityNormalizer.from_window(level, width)
+    return IntensityNormalizer.from_ct_preset(body)
+
+
+def fit_normalizer(array: np.ndarray, spec: str) -> IntensityNormalizer | None:
+    """The linear (invertible) map of ``spec`` fitted to ``array``; None for 'none', 'zscore' and images with
+    nothing to scale (constant, or no non-zero voxel for 'percentile_nonzero')."""
+    if spec.startswith("ct:"):
+        return _ct_normalizer(spec)
+    if spec not in ("percentile", "percentile_nonzero"):
+        return None
+    mask = "nonzero" if spec == "percentile_nonzero" else None
+    if mask == "nonzero" and not np.any(array != 0):
+        return None
+    try:
+        return percentile_normalizer(array, mask)
+    except InvalidInputError:
+        return None  # constant image
+
+
+def normalize_intensity(array: np.ndarray, spec: str) -> np.ndarray:
+    """Map raw intensities to the network's range, per image (so any scanner scale works).
+
+    Constant images (nothing to scale) become zeros instead of failing.
+    """
+    arr = np.asarray(array, dtype=np.float32)
+    if spec == "none":
+        return arr.copy()
+    if spec == "zscore":
+        std = float(arr.std())
+        return ((arr - float(arr.mean())) / std).astype(np.float32) if std > 0 else np.zeros_like(arr)
+    normalizer = fit_normalizer(arr, spec)
+    return np.zeros_like(arr) if normalizer is None else normalizer.forward(arr)

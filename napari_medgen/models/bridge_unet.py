@@ -35,6 +35,10 @@ from napari_medgen.models.shape_gan import FeatureTokenizer
 from napari_medgen.models.vqgan import VQGAN
 from napari_medgen.schedulers.brownian_bridge import BrownianBridgeScheduler
 
+#: normalised intensity the edited region is filled with in the condition image (training and inference agree;
+#: checkpoints store it as ``fill_value`` in their extra statistics)
+FILL_VALUE = 0.0
+
 
 def latent_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
     """The fraction of edited voxels in each latent voxel: ``(B, 1, Z, Y, X)`` -> ``(B, 1, Z/f, Y/f, X/f)``."""
@@ -255,13 +259,16 @@ class BridgeUNet(HubModelMixin, nn.Module):
     ) -> Generator[int, None, torch.Tensor]:
         """Run the bridge from x_T = ``y`` to x_0 in ``steps`` skip-steps, yielding the number of steps done
         after each (a cancellation point for jobs); returns x_0. ``features=None`` is the removal path."""
+        from napari_medgen.core.device import autocast
+
         scheduler = self.scheduler(eta)
         scheduler.set_timesteps(steps, device=y.device)
         x = scheduler.initial_sample(y)
         for done, t in enumerate(scheduler.timesteps, start=1):
             with torch.no_grad():
-                output = self(x, y, mask, t.expand(y.shape[0]), features)
-                x = scheduler.step(output, t, x, y, generator=generator).prev_sample
+                with autocast(y.device):  # the U-Net in bf16 on CUDA; the bridge update below stays in fp32
+                    output = self(x, y, mask, t.expand(y.shape[0]), features)
+                x = scheduler.step(output.float(), t, x, y, generator=generator).prev_sample
             yield done
         return x
 
@@ -277,4 +284,4 @@ class BridgeUNet(HubModelMixin, nn.Module):
                 return stop.value
 
 
-__all__ = ["BridgeUNet", "latent_mask"]
+__all__ = ["FILL_VALUE", "BridgeUNet", "latent_mask"]

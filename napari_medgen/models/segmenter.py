@@ -20,67 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_medgen.core.intensity import IntensityNormalizer, percentile_normalizer
+from napari_medgen.core.intensity import (  # noqa: F401 - the specs' home is core; re-exported for training
+    NORMALIZATIONS_HELP,
+    check_normalization,
+    fit_normalizer,
+    normalize_intensity,
+)
 from napari_medgen.core.volume import LabelMap, Volume
 from napari_medgen.errors import DimensionError, InvalidInputError
 from napari_medgen.hub import HubModelMixin, register_model
-
-NORMALIZATIONS_HELP = (
-    "'percentile' (0.5-99.5th percentile -> [0, 1]), 'percentile_nonzero' (same over non-zero voxels, for "
-    "skull-stripped MR), 'zscore', 'ct:PRESET' (e.g. ct:abdomen), 'ct:LEVEL,WIDTH' (HU) or 'none'"
-)
-
-
-def check_normalization(spec: str) -> str:
-    """Validate a normalisation name (see `normalize_intensity`); returns it unchanged."""
-    if spec in ("none", "percentile", "percentile_nonzero", "zscore"):
-        return spec
-    if spec.startswith("ct:"):
-        _ct_normalizer(spec)
-        return spec
-    raise InvalidInputError(f"Unknown normalization {spec!r}; use {NORMALIZATIONS_HELP}.")
-
-
-def _ct_normalizer(spec: str) -> IntensityNormalizer:
-    body = spec[3:].strip()
-    if "," in body:
-        try:
-            level, width = (float(v) for v in body.split(","))
-        except ValueError as error:
-            raise InvalidInputError(f"normalization {spec!r}: write ct:LEVEL,WIDTH in HU, e.g. ct:40,400.") from error
-        return IntensityNormalizer.from_window(level, width)
-    return IntensityNormalizer.from_ct_preset(body)
-
-
-def fit_normalizer(array: np.ndarray, spec: str) -> IntensityNormalizer | None:
-    """The linear (invertible) map of ``spec`` fitted to ``array``; None for 'none', 'zscore' and images with
-    nothing to scale (constant, or no non-zero voxel for 'percentile_nonzero')."""
-    if spec.startswith("ct:"):
-        return _ct_normalizer(spec)
-    if spec not in ("percentile", "percentile_nonzero"):
-        return None
-    mask = "nonzero" if spec == "percentile_nonzero" else None
-    if mask == "nonzero" and not np.any(array != 0):
-        return None
-    try:
-        return percentile_normalizer(array, mask)
-    except InvalidInputError:
-        return None  # constant image
-
-
-def normalize_intensity(array: np.ndarray, spec: str) -> np.ndarray:
-    """Map raw intensities to the network's range, per image (so any scanner scale works).
-
-    Constant images (nothing to scale) become zeros instead of failing.
-    """
-    arr = np.asarray(array, dtype=np.float32)
-    if spec == "none":
-        return arr.copy()
-    if spec == "zscore":
-        std = float(arr.std())
-        return ((arr - float(arr.mean())) / std).astype(np.float32) if std > 0 else np.zeros_like(arr)
-    normalizer = fit_normalizer(arr, spec)
-    return np.zeros_like(arr) if normalizer is None else normalizer.forward(arr)
 
 
 @register_model("segmenter")

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from napari_medgen.core.device import autocast
 from napari_medgen.core.progress import Job, ProgressEvent
 from napari_medgen.errors import InvalidInputError
 
@@ -54,6 +55,15 @@ def make_sampler(model: Any, name: str, steps: int, clip: bool = True, stochasti
                                                 sample_max_value=1.0)
     scheduler.set_timesteps(steps)
     return scheduler
+
+
+def default_steps(model_config: dict[str, Any], sampler: str) -> int:
+    """The step count a sampler uses when the user gives none: its usual count (`DEFAULT_STEPS`), capped by the
+    model's training schedule (``ddpm`` = all of it). The one place front ends and pipelines take it from."""
+    if sampler not in SAMPLERS:
+        raise InvalidInputError(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+    total = int(model_config.get("num_train_timesteps", DEFAULT_STEPS[sampler]))
+    return min(DEFAULT_STEPS[sampler], total)
 
 
 def predict_x0(scheduler: Any, x_t: torch.Tensor, eps: torch.Tensor, t: int) -> torch.Tensor:
@@ -121,8 +131,9 @@ def sample_mask_guided(
                 noised = scheduler.add_noise(reference.to(device), ref_noise, torch.as_tensor([int(t)]))
                 x = similarity * noised + (1 - similarity) * x
                 restart_solver(scheduler)
-            eps = model(scheduler.scale_model_input(x, t), t.to(device), code)
-            x = scheduler.step(eps, t, x, **kwargs).prev_sample
+            with autocast(device):  # the U-Net in bf16 on CUDA; the scheduler update stays in fp32
+                eps = model(scheduler.scale_model_input(x, t), t.to(device), code)
+            x = scheduler.step(eps.float(), t, x, **kwargs).prev_sample
             if on_step is not None:
                 on_step(i)
             yield ProgressEvent(i + 1, len(timesteps), stage)

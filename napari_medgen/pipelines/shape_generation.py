@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_medgen.core.progress import Job, ProgressEvent, run_job
 from napari_medgen.core.volume import LabelMap, Volume
 from napari_medgen.errors import CheckpointError, InvalidInputError, MedGenError
 
@@ -73,6 +74,8 @@ _SCALE_POWER: dict[str, int] = {
     "MajorAxisLength": 1, "MinorAxisLength": 1, "LeastAxisLength": 1, "Sphericity": 0, "Elongation": 0,
     "Flatness": 0,
 }
+#: progress stages of `generate_shape_job` (model, generator, measuring, output grid)
+_STAGES = 4
 #: noise vectors tried per mask by default (best-of-N selection, see `generate_shape`)
 DEFAULT_CANDIDATES = 16
 #: volume matching never scales by more than this factor (or less than its inverse)
@@ -107,11 +110,12 @@ class ShapeControl:
 
 
 # ---- model access -----------------------------------------------------------------------------------
-def _load(model: str | Path) -> Any:
-    """The generator (eval mode, CPU) of a bundled name or folder (`hub.load_cached`), with its statistics."""
+def _load(model: str | Path, device: Any = None) -> Any:
+    """The generator (eval mode, on ``device``) of a bundled name or folder (`hub.load_cached`), with its
+    statistics."""
     from napari_medgen.hub import load_cached
 
-    net = load_cached(model, expected_type=MODEL_TYPE)
+    net = load_cached(model, expected_type=MODEL_TYPE, device=device)
     needed = ("normalizer", "regions", "base_spacing_mm", "feature_gaussian", "field_of_view_mm")
     missing = [k for k in needed if k not in net.hub_extra]
     if missing:
@@ -268,7 +272,7 @@ def _label_of(channels: np.ndarray) -> np.ndarray:
 def _postprocess(channels: np.ndarray, allow_multiple: bool) -> np.ndarray:
     from scipy import ndimage
 
-    from napari_medgen.training.tasks.shape_gan import clean_mask
+    from napari_medgen.core.masks import clean_mask
 
     outer = channels[-1]
     outer = ndimage.binary_fill_holes(outer) if allow_multiple else clean_mask(outer)
@@ -443,7 +447,21 @@ def _warped_fine_masks(
     return axis, out
 
 
-def generate_shape(
+@dataclass(frozen=True)
+class ShapeResult:
+    """A generated tumour mask (centred at physical (0, 0, 0)) and what was asked and met (``report`` is the mask's
+    metadata: requested and conditioning features, match errors, candidates, axis matching)."""
+
+    mask: LabelMap
+    report: dict[str, Any]
+
+
+def generate_shape(features: Mapping[str, float] | None = None, **options: Any) -> ShapeResult:
+    """A tumour mask with the requested shape features; see `generate_shape_job` for the options."""
+    return run_job(generate_shape_job(features, **options))
+
+
+def generate_shape_job(
     features: Mapping[str, float] | None = None,
     *,
     preset: str | None = None,
@@ -455,8 +473,10 @@ def generate_shape(
     match_volume: bool = True,
     candidates: int = DEFAULT_CANDIDATES,
     match_axes: bool = True,
-) -> LabelMap:
-    """A tumour mask with the requested shape features, centred at physical (0, 0, 0).
+    device: Any = None,
+) -> Job[ShapeResult]:
+    """A tumour mask with the requested shape features, centred at physical (0, 0, 0); yields one event per stage
+    (model, generator, measuring, output grid), each a cancellation point.
 
     ``features``: pyradiomics shape names -> values (mm3, mm, ratios); ``preset``: a name of `PRESETS`
     (``features`` override it). ``spacing``: output voxel size (x, y, z) in mm. ``crop_size_mm``: edge of
@@ -466,7 +486,9 @@ def generate_shape(
     Elongation and/or Flatness is requested, stretch every candidate along its own principal axes (volume
     preserving, at most `MAX_AXIS_STRETCH` relative to the major axis) so that it has them; candidates are
     judged after that warp. Same inputs and seed give the same mask. Labels: 1..C for the model's regions,
-    inner first (metadata ``label_names``).
+    inner first (metadata ``label_names``). ``device``: where the generator runs (`core.device.select_device`);
+    smoothing, sampling on the output grid and measuring stay on the CPU in float64, so the thresholded mask is the
+    same on every device up to the generator's arithmetic.
     """
     import torch
 
@@ -477,7 +499,8 @@ def generate_shape(
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
         raise InvalidInputError(f"seed must be an integer; got {seed!r}.")
     count = _candidate_count(candidates)
-    net = _load(model)
+    yield ProgressEvent(0, _STAGES, "generating shape", "loading model")
+    net = _load(model, device)
     extra = net.hub_extra
     base_spacing = float(extra["base_spacing_mm"])
     fov = float(extra["field_of_view_mm"])
@@ -488,11 +511,15 @@ def generate_shape(
         raise InvalidInputError(f"crop_size_mm must be a positive number of millimetres; got {crop_size_mm!r}.")
     vector, filled = fill_features(request, extra)
 
-    with torch.no_grad():
-        z = _noise(int(seed), count, int(net.config["z_dim"]))
-        cond = torch.as_tensor(vector, dtype=torch.float32)[None].expand(count, -1)
-        probs = ShapeGenerator.probabilities(net(z, cond))
+    yield ProgressEvent(1, _STAGES, "generating shape", f"running the generator ({count} candidates)")
+    device_of = next(net.parameters()).device
+    with torch.no_grad():  # fp32 on every device: the probabilities are thresholded at 0.5 below
+        z = _noise(int(seed), count, int(net.config["z_dim"])).to(device_of)
+        cond = torch.as_tensor(vector, dtype=torch.float32)[None].expand(count, -1).to(device_of)
+        probs = ShapeGenerator.probabilities(net(z, cond)).cpu()
         logits = smooth_logits(probs.double(), 0.5)
+
+    yield ProgressEvent(2, _STAGES, "generating shape", "measuring candidates")
 
     # each candidate's output on a fine isotropic grid of the same field of view: its volume and features
     factor = int(extra.get("hires_factor", 2))
@@ -539,6 +566,7 @@ def generate_shape(
     # the raw (pre-warp) principal axes of the kept candidate, for the metadata
     axes = warp if warp is not None else _axis_warp(fine_masks[chosen, -1], hires, None, None)
     logits = logits[chosen:chosen + 1]
+    yield ProgressEvent(3, _STAGES, "generating shape", "sampling the output grid")
     scale = 1.0
     if match_volume and target_volume is not None:
         scale = float(np.clip((target_volume / generated_volume) ** (1.0 / 3.0), 1.0 / _MAX_SCALE, _MAX_SCALE))
@@ -600,7 +628,9 @@ def generate_shape(
         "axis_clipped": axes.clipped,
         "label_names": {str(i + 1): name for i, name in enumerate(extra["regions"])},
     }
-    return LabelMap(_label_of(channels), spacing_xyz, origin, metadata=metadata)
+    mask = LabelMap(_label_of(channels), spacing_xyz, origin, metadata=metadata)
+    yield ProgressEvent(_STAGES, _STAGES, "generating shape", "done")
+    return ShapeResult(mask, dict(metadata))
 
 
 def place_shape(shape_mask: LabelMap, reference: Volume, center_mm: Sequence[float]) -> LabelMap:

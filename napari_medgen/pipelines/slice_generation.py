@@ -17,6 +17,7 @@ consistency, because the anatomy then comes from the real scan.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,24 @@ from napari_medgen.core.volume import LabelMap, Volume
 from napari_medgen.errors import InvalidInputError
 
 DEFAULT_MODEL = "seg2img-brain"
+DEFAULT_SAMPLER = "dpmpp"
 NOISE_MODES = ("independent", "shared", "correlated")
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """The generated image on the labels' grid and a JSON-ready report of how it was made (also its metadata)."""
+
+    image: Volume
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def default_steps(model: str | Path = DEFAULT_MODEL, sampler: str = DEFAULT_SAMPLER) -> int:
+    """The step count used when none is given: the sampler's usual count, capped by the model's schedule."""
+    from napari_medgen.hub import read_checkpoint_config
+    from napari_medgen.pipelines.diffusion_sampling import default_steps as sampler_steps
+
+    return sampler_steps(read_checkpoint_config(model)["config"], sampler)
 
 
 def slice_noise(n: int, shape: Sequence[int], seed: int, mode: str, correlation: float = 0.9) -> np.ndarray:
@@ -91,8 +109,8 @@ def generate_from_labels_job(
     model: str | Path = DEFAULT_MODEL,
     axis: int = 0,
     drop_classes: Sequence[int] = (),
-    steps: int = 20,
-    sampler: str = "dpmpp",
+    steps: int | None = None,
+    sampler: str = DEFAULT_SAMPLER,
     seed: int = 0,
     reference: Volume | None = None,
     similarity: float = 0.0,
@@ -102,21 +120,26 @@ def generate_from_labels_job(
     skip_empty: bool = True,
     batch_size: int = 16,
     eta: float = 1.0,
-) -> Job[Volume]:
+    device: Any = None,
+) -> Job[SliceResult]:
     """Job form of `generate_from_labels`: yields one event per sampling step of each slice batch."""
     import torch
 
+    from napari_medgen.core.device import cpu_generator
+    from napari_medgen.core.slices import resize_slices, to_unit_range
     from napari_medgen.hub import load_cached
     from napari_medgen.models.mask_code import encode_mask
+    from napari_medgen.pipelines.diffusion_sampling import default_steps as sampler_steps
     from napari_medgen.pipelines.diffusion_sampling import sample_mask_guided
-    from napari_medgen.training.slice_dataset import resize_slices, to_unit_range
 
-    net = load_cached(model, expected_type="mask-diffusion")
-    arr = _check_request(labels, net, axis, drop_classes, reference, similarity)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise InvalidInputError(f"seed must be 0 or a positive integer; got {seed!r}.")
-    if batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise InvalidInputError(f"batch_size must be >= 1; got {batch_size}.")
+    yield ProgressEvent(0, None, "generating slices", "loading model")
+    net = load_cached(model, expected_type="mask-diffusion", device=device)
+    steps = sampler_steps(net.config, sampler) if steps is None else steps
+    arr = _check_request(labels, net, axis, drop_classes, reference, similarity)
     size = net.image_size
     stack = np.moveaxis(arr, axis, 0)
     n, h, w = stack.shape
@@ -126,7 +149,7 @@ def generate_from_labels_job(
     ref_small = None
     imap = None
     if reference is not None:
-        from napari_medgen.models.segmenter import fit_normalizer, normalize_intensity
+        from napari_medgen.core.intensity import fit_normalizer, normalize_intensity
 
         ref = np.asarray(reference.array, dtype=np.float32)
         imap = fit_normalizer(ref, net.config["normalization"])
@@ -139,7 +162,7 @@ def generate_from_labels_job(
     done = 0
     for b, rows in enumerate(batches):
         code = encode_mask(torch.from_numpy(small_labels[rows].astype(np.int64)), net.class_values, dropped)
-        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + rows[0])
+        generator = cpu_generator(int(seed) * 1_000_003 + rows[0])
         job = sample_mask_guided(
             net, code, torch.from_numpy(start_noise[rows]), sampler=sampler, steps=int(steps),
             generator=generator, similarity=float(similarity), mix_at=mix_at, eta=float(eta),
@@ -163,14 +186,15 @@ def generate_from_labels_job(
         "steps": int(steps), "eta": float(eta), "axis": int(axis), "dropped_classes": sorted(dropped), "noise": noise,
         "similarity": float(similarity), "units": "reference intensities" if imap is not None else "normalised [0, 1]",
     }
-    return Volume(values, labels.spacing, labels.origin, labels.direction, metadata)
+    return SliceResult(Volume(values, labels.spacing, labels.origin, labels.direction, metadata), dict(metadata))
 
 
-def generate_from_labels(labels: LabelMap, **kwargs: Any) -> Volume:
+def generate_from_labels(labels: LabelMap, **kwargs: Any) -> SliceResult:
     """An image that follows ``labels`` slice by slice, on the labels' grid (same seed, same image).
 
     ``drop_classes``: label values left unconstrained (mask-ablated models only). ``reference`` (the
     scan the labels belong to, same grid) maps intensities back to its units and enables ``similarity``.
-    See `generate_from_labels_job` for every option.
+    ``steps=None``: `default_steps` of the model and sampler. ``device``: where the network runs
+    (`core.device.select_device`). See `generate_from_labels_job` for every option.
     """
     return run_job(generate_from_labels_job(labels, **kwargs))

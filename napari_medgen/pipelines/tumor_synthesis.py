@@ -5,9 +5,9 @@ Every operation edits one region of a `Volume` and leaves every other voxel bit-
 1. the scan is normalised the way the model was trained (the VQ-GAN's per-scan spec, e.g. foreground
    percentiles for MR), so raw-intensity scans of the same modality work, not only the training format;
 2. a crop around the region (plus context, rounded to the network's size multiple) is encoded with the
-   region filled (`FILL_VALUE`), the bridge is sampled from that condition latent to the edited latent --
-   with texture-feature tokens (synthesis, retexture) or without (removal: self-attention path) -- and
-   decoded;
+   region filled (the checkpoint's ``fill_value``), the bridge is sampled from that condition latent to the
+   edited latent -- with texture-feature tokens (synthesis, retexture) or without (removal: self-attention
+   path) -- and decoded;
 3. the decoded crop replaces the region, feathered over ``blend_mm`` outside it so there is no seam, and is
    mapped back to the scan's units (and dtype).
 
@@ -33,7 +33,6 @@ import numpy as np
 from napari_medgen.core.progress import Job, ProgressEvent, run_job
 from napari_medgen.core.volume import LabelMap, Volume
 from napari_medgen.errors import DimensionError, GeometryMismatchError, InvalidInputError
-from napari_medgen.training.bridge_dataset import FILL_VALUE
 
 DEFAULT_MODEL = "bridge-brain-t1c"
 #: measured on held-out BRATS cases (docs/benchmarks.md): 20-50 steps are as good as 200 for this model
@@ -55,10 +54,17 @@ class EditResult:
 
 
 # ---- checks ---------------------------------------------------------------------------------------------
-def _load(model: str | Path) -> Any:
+def _load(model: str | Path, device: Any = None) -> Any:
     from napari_medgen.hub import load_cached
 
-    return load_cached(model, expected_type="bridge-unet")
+    return load_cached(model, expected_type="bridge-unet", device=device)
+
+
+def _fill_value(net: Any) -> float:
+    """The condition fill of the region: as the checkpoint was trained (its ``fill_value``), else the default."""
+    from napari_medgen.models.bridge_unet import FILL_VALUE
+
+    return float(net.hub_extra.get("fill_value", FILL_VALUE))
 
 
 def check_scan(volume: Volume, net: Any) -> None:
@@ -132,7 +138,10 @@ def _check_region(region: np.ndarray, what: str) -> None:
 # ---- texture features -----------------------------------------------------------------------------------
 def texture_feature_defaults(model: str | Path = DEFAULT_MODEL) -> dict[str, float]:
     """The model's default texture (median of its training tumours), in normalised-intensity units."""
-    return {k: float(v) for k, v in _load(model).hub_extra["default_features"].items()}
+    from napari_medgen.hub import read_checkpoint_config
+
+    extra = read_checkpoint_config(model).get("extra", {})
+    return {k: float(v) for k, v in extra["default_features"].items()}
 
 
 def _full_name(name: str, names: Sequence[str]) -> str:
@@ -162,12 +171,12 @@ def _normalised(volume: Volume, net: Any) -> tuple[Any, np.ndarray]:
 
 
 def measure_texture(image: Volume, labels: LabelMap, label: int | None = None,
-                    model: str | Path = DEFAULT_MODEL) -> dict[str, float]:
+                    model: str | Path = DEFAULT_MODEL, device: Any = None) -> dict[str, float]:
     """Texture features of a tumour as the model sees them (on its normalised intensities): use them to copy
     the texture of a reference tumour, or to check what a synthesized one received."""
     from napari_medgen.radiomics.texture_condition import texture_feature_names, texture_features
 
-    net = _load(model)
+    net = _load(model, device)
     check_scan(image, net)
     region = _region(labels, image, label, "reference mask")
     _, normalised = _normalised(image, net)
@@ -185,6 +194,7 @@ def resolve_texture(
     texture: Mapping[str, float] | None = None,
     texture_from: tuple[Volume, LabelMap] | tuple[Volume, LabelMap, int | None] | None = None,
     model: str | Path = DEFAULT_MODEL,
+    device: Any = None,
 ) -> dict[str, float]:
     """The full feature request: reference tumour's features (or the defaults), overridden by ``texture``."""
     names = list(net.config["feature_names"])
@@ -192,7 +202,7 @@ def resolve_texture(
         if len(texture_from) not in (2, 3):
             raise InvalidInputError("texture_from must be (image, labels) or (image, labels, label).")
         ref_label = texture_from[2] if len(texture_from) == 3 else None
-        base = measure_texture(texture_from[0], texture_from[1], ref_label, model)
+        base = measure_texture(texture_from[0], texture_from[1], ref_label, model, device)
     else:
         base = {k: float(v) for k, v in net.hub_extra["default_features"].items()}
     for name, value in (texture or {}).items():
@@ -211,8 +221,13 @@ def resolve_texture(
 def resolve_steps(model: Any, steps: int | None = None) -> int:
     """``steps`` checked against the model's training schedule, or (None) `DEFAULT_STEPS` capped by it.
     ``model`` is a loaded bridge or a checkpoint name / folder."""
-    net = _load(model) if isinstance(model, str | Path) else model
-    total = int(net.config["num_train_timesteps"])
+    if isinstance(model, str | Path):
+        from napari_medgen.hub import read_checkpoint_config
+
+        config = read_checkpoint_config(model)["config"]
+    else:
+        config = model.config
+    total = int(config["num_train_timesteps"])
     if steps is None:
         return min(DEFAULT_STEPS, total)
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or not 1 <= steps <= total:
@@ -235,6 +250,8 @@ def _edit_job(
     """Repaint ``region`` of ``volume`` (features: synthesis path; None: removal path). Returns the new array."""
     import torch
 
+    from napari_medgen.core.device import cpu_generator
+
     steps = resolve_steps(net, steps)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise InvalidInputError(f"seed must be 0 or a positive integer; got {seed!r}.")
@@ -255,17 +272,18 @@ def _edit_job(
     background = float(normalised.min())
     crop = crop_around(volume.with_array(normalised), centre_mm, size, pad_value=background)
     crop_region = crop_around(volume.as_labels(region.astype(np.uint8)), centre_mm, size).volume.array > 0
-    condition = np.where(crop_region, np.float32(FILL_VALUE), crop.volume.array).astype(np.float32)
+    condition = np.where(crop_region, np.float32(_fill_value(net)), crop.volume.array).astype(np.float32)
     yield ProgressEvent(0, int(steps), stage, "encoding")
-    y = net.encode(torch.from_numpy(condition)[None, None])
+    on = next(net.parameters()).device  # inputs go to the model's device, the result comes back to the CPU
+    y = net.encode(torch.from_numpy(condition)[None, None].to(on))
     feature_t = None
     if features is not None:
         from napari_medgen.radiomics.conditioning import FeatureNormalizer
 
         normaliser = FeatureNormalizer.from_dict(net.hub_extra["feature_normalizer"])
-        feature_t = torch.from_numpy(normaliser.transform(dict(features)).astype(np.float32))[None]
-    mask_t = torch.from_numpy(crop_region.astype(np.float32))[None, None]
-    generator = torch.Generator().manual_seed(int(seed))
+        feature_t = torch.from_numpy(normaliser.transform(dict(features)).astype(np.float32))[None].to(on)
+    mask_t = torch.from_numpy(crop_region.astype(np.float32))[None, None].to(on)
+    generator = cpu_generator(int(seed))
     job = net.sample_job(y, net.region_latent(mask_t), feature_t, steps=int(steps), eta=float(eta),
                          generator=generator)
     while True:
@@ -275,7 +293,7 @@ def _edit_job(
             latent = stop.value
             break
         yield ProgressEvent(done, int(steps), stage, f"bridge step {done}/{steps}")
-    generated = normalizer.inverse(net.decode(latent)[0, 0].numpy().astype(np.float64))
+    generated = normalizer.inverse(net.decode(latent)[0, 0].cpu().numpy().astype(np.float64))
     patch = Crop(crop.volume.with_array(generated), crop.start_zyx)
     grown_crop = crop_around(volume.as_labels(grown.astype(np.uint8)), centre_mm, size).volume.array
     # weights ramp from 0 at the outer edge of the blend band to 1 at the region; other voxels stay bit-identical
@@ -299,10 +317,11 @@ def _result(volume: Volume, array: np.ndarray, labels: np.ndarray, operation: st
     return EditResult(image, label_map, {"operation": operation, "model": str(model), **report})
 
 
-def _place(volume: Volume, net: Any, shape: LabelMap | None, shape_request: Mapping[str, float] | None,
-           center_mm: Sequence[float] | None, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """The synthesis region on the scan's grid, and what it came from."""
-    from napari_medgen.pipelines.shape_generation import generate_shape, place_shape
+def _place_job(volume: Volume, net: Any, shape: LabelMap | None, shape_request: Mapping[str, float] | None,
+               center_mm: Sequence[float] | None, seed: int,
+               device: Any = None) -> Job[tuple[np.ndarray, dict[str, Any]]]:
+    """The synthesis region on the scan's grid, and what it came from (the shape generator's progress included)."""
+    from napari_medgen.pipelines.shape_generation import generate_shape_job, place_shape
 
     if shape is not None and shape_request is not None:
         raise InvalidInputError("Give either a shape mask or shape features, not both.")
@@ -313,7 +332,7 @@ def _place(volume: Volume, net: Any, shape: LabelMap | None, shape_request: Mapp
                                 "shape mask already on the scan's grid.")
     if shape is None:
         request = dict(shape_request or DEFAULT_SHAPE_REQUEST)
-        shape = generate_shape(request, spacing=volume.spacing, seed=int(seed))
+        shape = (yield from generate_shape_job(request, spacing=volume.spacing, seed=int(seed), device=device)).mask
         source: dict[str, Any] = {"shape_from": "shape generator", "shape_request": request}
     else:  # any mask (this scan's or another grid's) is recentred at its centroid, then placed at center_mm
         from napari_medgen.core.geometry import index_to_physical
@@ -342,14 +361,15 @@ def synthesize_job(
     eta: float = 1.0,
     blend_mm: float = 2.0,
     label_value: int = 1,
+    device: Any = None,
 ) -> Job[EditResult]:
     """Job form of `synthesize`."""
-    net = _load(model)
+    net = _load(model, device)
     check_scan(volume, net)
     if not 1 <= int(label_value) <= 255:
         raise InvalidInputError(f"label_value must be 1..255; got {label_value!r}.")
-    region, source = _place(volume, net, shape, shape_request, center_mm, seed)
-    features = resolve_texture(net, texture, texture_from, model)
+    region, source = yield from _place_job(volume, net, shape, shape_request, center_mm, seed, device)
+    features = resolve_texture(net, texture, texture_from, model, device)
     array, report = yield from _edit_job(volume, region, net, features, steps=steps, seed=seed, eta=eta,
                                          blend_mm=blend_mm, stage="synthesizing tumour")
     report.update(source)
@@ -368,11 +388,12 @@ def remove_job(
     eta: float = 1.0,
     margin_mm: float = 2.0,
     blend_mm: float = 2.0,
+    device: Any = None,
 ) -> Job[EditResult]:
     """Job form of `remove`."""
     from scipy import ndimage
 
-    net = _load(model)
+    net = _load(model, device)
     check_scan(volume, net)
     tumour = _region(labels, volume, label, "tumour mask")
     region = tumour
@@ -399,12 +420,13 @@ def retexture_job(
     seed: int = 0,
     eta: float = 1.0,
     blend_mm: float = 2.0,
+    device: Any = None,
 ) -> Job[EditResult]:
     """Job form of `retexture`."""
-    net = _load(model)
+    net = _load(model, device)
     check_scan(volume, net)
     region = _region(labels, volume, label, "tumour mask")
-    features = resolve_texture(net, texture, texture_from, model)
+    features = resolve_texture(net, texture, texture_from, model, device)
     array, report = yield from _edit_job(volume, region, net, features, steps=steps, seed=seed, eta=eta,
                                          blend_mm=blend_mm, stage="retexturing tumour")
     report["texture_requested"] = features
@@ -412,8 +434,8 @@ def retexture_job(
 
 
 def _own_texture(volume: Volume, labels: LabelMap, label: int | None, model: str | Path,
-                 texture: Mapping[str, float] | None) -> dict[str, float]:
-    base = measure_texture(volume, labels, label, model)
+                 texture: Mapping[str, float] | None, device: Any) -> dict[str, float]:
+    base = measure_texture(volume, labels, label, model, device)
     for name, value in (texture or {}).items():
         base[_full_name(str(name), list(base))] = float(value)
     return base
@@ -421,13 +443,13 @@ def _own_texture(volume: Volume, labels: LabelMap, label: int | None, model: str
 
 def _transformed_job(volume: Volume, labels: LabelMap, label: int | None, moved: np.ndarray, operation: str,
                      model: str | Path, texture: Mapping[str, float] | None, steps: int, seed: int, eta: float,
-                     blend_mm: float, extra: dict[str, Any]) -> Job[EditResult]:
+                     blend_mm: float, extra: dict[str, Any], device: Any) -> Job[EditResult]:
     """Remove the tumour, then synthesize ``moved`` (its new region) with the tumour's own texture."""
-    features = _own_texture(volume, labels, label, model, texture)
+    features = _own_texture(volume, labels, label, model, texture, device)
     _check_region(moved, f"{operation}d tumour")
     removed = yield from remove_job(volume, labels, label, model=model, steps=steps, seed=seed, eta=eta,
-                                    blend_mm=blend_mm)
-    net = _load(model)
+                                    blend_mm=blend_mm, device=device)
+    net = _load(model, device)
     array, report = yield from _edit_job(removed.image, moved, net, features, steps=steps, seed=seed + 1, eta=eta,
                                          blend_mm=blend_mm, stage=f"{operation[:-1]}ing tumour")
     value = int(label) if label is not None else int(np.max(np.asarray(labels.array)))
@@ -448,11 +470,12 @@ def resize_job(
     seed: int = 0,
     eta: float = 1.0,
     blend_mm: float = 2.0,
+    device: Any = None,
 ) -> Job[EditResult]:
     """Job form of `resize`: ``scale`` multiplies the tumour's linear size about its centroid."""
     from scipy import ndimage
 
-    net = _load(model)
+    net = _load(model, device)
     check_scan(volume, net)
     if not (np.isfinite(scale) and 0.2 <= float(scale) <= 5.0):
         raise InvalidInputError(f"scale must be between 0.2 and 5 (linear size factor); got {scale!r}.")
@@ -462,7 +485,7 @@ def resize_job(
     offset = centroid - inverse @ centroid
     moved = ndimage.affine_transform(tumour.astype(np.float32), inverse, offset=offset, order=1) >= 0.5
     return (yield from _transformed_job(volume, labels, label, moved, "resize", model, texture, steps, seed, eta,
-                                        blend_mm, {"scale": float(scale)}))
+                                        blend_mm, {"scale": float(scale)}, device))
 
 
 def move_job(
@@ -477,11 +500,12 @@ def move_job(
     seed: int = 0,
     eta: float = 1.0,
     blend_mm: float = 2.0,
+    device: Any = None,
 ) -> Job[EditResult]:
     """Job form of `move`: the tumour's centroid goes to ``center_mm`` (x, y, z physical)."""
     from napari_medgen.core.geometry import index_to_physical, physical_to_index
 
-    net = _load(model)
+    net = _load(model, device)
     check_scan(volume, net)
     tumour = _region(labels, volume, label, "tumour mask")
     try:
@@ -503,7 +527,7 @@ def move_job(
     old_centre = index_to_physical(volume, centroid)
     return (yield from _transformed_job(volume, labels, label, moved, "move", model, texture, steps, seed, eta,
                                         blend_mm, {"from_mm": [float(v) for v in old_centre],
-                                                   "center_mm": [float(v) for v in target]}))
+                                                   "center_mm": [float(v) for v in target]}, device))
 
 
 def synthesize(volume: Volume, **options: Any) -> EditResult:

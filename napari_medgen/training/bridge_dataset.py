@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from napari_medgen.errors import InvalidInputError
+from napari_medgen.models.bridge_unet import FILL_VALUE
 from napari_medgen.radiomics.conditioning import FeatureNormalizer
 from napari_medgen.radiomics.texture_condition import MIN_TEXTURE_VOXELS, texture_feature_names, texture_features
 from napari_medgen.training.datasets import CasePair, LoadedCase, binary_relabel, load_case
 
 #: the value the edited region gets in the condition image (network range [-1, 1])
-FILL_VALUE = 0.0
 
 
 def _crop(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:

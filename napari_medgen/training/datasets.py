@@ -30,15 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from napari_medgen.core.naming import label_base, split_name
 from napari_medgen.errors import InvalidInputError
 
 _LOG = logging.getLogger(__name__)
 
 _LABEL_WORDS = ("labels", "label", "masks", "mask", "segmentations", "segmentation", "segs", "seg", "gt")
 _IMAGE_WORDS = ("images", "image", "imgs", "img")
-_LABEL_SUFFIX = re.compile(
-    r"^(?P<base>.+?)[_-](?:masks?|labels?|seg|segmentation|lesion|gt)(?:[_-]\d+)?$", re.IGNORECASE
-)
 _IMAGE_SUFFIX = re.compile(r"^(?P<base>.+?)[_-](?:image|img|0000)$", re.IGNORECASE)
 _LAYOUT_HELP = (
     "Expected layouts: images/X.nii.gz + labels/X.nii.gz; X_image.nrrd + X_label.nrrd (or X_mask / X_seg) "
@@ -57,17 +55,11 @@ class CasePair:
 
 
 def _split_name(path: Path) -> tuple[str, str] | None:
-    """(stem, extension) for a file type napari-medgen reads, else None."""
-    from napari_medgen.core.io import SUPPORTED_EXTENSIONS
-
-    name = path.name
-    lower = name.lower()
-    for ext in SUPPORTED_EXTENSIONS:  # longest first: ".seg.nrrd" before ".nrrd"
-        if lower.endswith(ext) and len(name) > len(ext):
-            if ext == ".dcm":
-                return None  # DICOM slices belong to series folders, not to file pairs
-            return name[: -len(ext)], ext
-    return None
+    """(stem, extension) for a file type napari-medgen reads, else None (`core.naming.split_name`)."""
+    parsed = split_name(path)
+    if parsed is None or parsed[1] == ".dcm":
+        return None  # DICOM slices belong to series folders, not to file pairs
+    return parsed
 
 
 def _is_label_dir(name: str) -> bool:
@@ -170,7 +162,7 @@ def _convention_pairs(root: Path) -> tuple[list[CasePair], list[str]]:
         any_supported = True
         stem, ext = parsed
         folder = path.parent
-        label_match = _LABEL_SUFFIX.match(stem)
+        label_match = label_base(stem)
         in_label_dir = folder != root and _is_label_dir(folder.name)
         if in_label_dir or label_match or ext == ".seg.nrrd":
             if in_label_dir:
@@ -179,7 +171,7 @@ def _convention_pairs(root: Path) -> tuple[list[CasePair], list[str]]:
                 group = image_dir_cache[folder] or folder
             else:
                 group = folder
-            base = label_match.group("base") if label_match else stem
+            base = label_match or stem
             labels.setdefault((group, base), []).append(path)
         else:
             image_match = _IMAGE_SUFFIX.match(stem)
@@ -457,7 +449,8 @@ def describe_pairs(pairs: Sequence[CasePair], splits: Mapping[str, Sequence[str]
 
 
 class CaseSplit:
-    """The image/label pairs a 3D task's ``data:`` section names, and their case split, found once.
+    """The image/label pairs a task's ``data:`` section names, and their case split, found once: the one case
+    split every training task uses (``self._cases = CaseSplit(self.data_config)``).
 
     ``data`` needs ``root, case_image, case_label, allow_unpaired, val_fraction, test_fraction, split_seed,
     group_by``; problems become `ConfigError` naming the ``data:`` section.
@@ -488,3 +481,8 @@ class CaseSplit:
         pairs, splits = self.all()
         wanted = set(splits[split])
         return [p for p in pairs if p.case_id in wanted]
+
+    def record(self) -> dict[str, Any]:
+        """What a checkpoint records about its data (``export_extra``): root, split seed and case ids per split."""
+        _, splits = self.all()
+        return {"data_root": str(self._data.root), "split_seed": self._data.split_seed, "splits": splits}

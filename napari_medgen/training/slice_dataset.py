@@ -18,27 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from napari_medgen.core.slices import resize_slices, to_unit_range
 from napari_medgen.errors import GeometryMismatchError, InvalidInputError
 from napari_medgen.training.datasets import CasePair
 
 _LOG = logging.getLogger(__name__)
-
-
-def to_unit_range(normalized: np.ndarray) -> np.ndarray:
-    """Normalised intensities ([0, 1] after percentile scaling) -> the network's [-1, 1] (clipped)."""
-    return (np.clip(normalized, 0.0, 1.0) * 2.0 - 1.0).astype(np.float32)
-
-
-def resize_slices(images: np.ndarray | None, labels: np.ndarray | None, size: Sequence[int]) -> tuple[Any, Any]:
-    """(N, H, W) images (bilinear) and labels (nearest) -> (N, *size); either may be None."""
-    from scipy import ndimage
-
-    shape = (images if images is not None else labels).shape
-    factors = (1.0, size[0] / shape[1], size[1] / shape[2])
-    out = None if images is None else ndimage.zoom(images, factors, order=1, grid_mode=True,
-                                                   mode="nearest").astype(np.float32)
-    lab = None if labels is None else ndimage.zoom(labels, factors, order=0, grid_mode=True, mode="nearest")
-    return out, lab
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from napari_medgen.errors import ConfigError, InvalidInputError
 from napari_medgen.models.mask_code import check_class_values
 from napari_medgen.models.segmenter import check_normalization, normalize_intensity
 from napari_medgen.training.config import TrainConfig
-from napari_medgen.training.datasets import CasePair, describe_pairs, find_pairs, split_cases
+from napari_medgen.training.datasets import describe_pairs
 from napari_medgen.training.slice_dataset import SliceDataset, SliceSet, load_slices
 from napari_medgen.training.task import TrainingTask
 
@@ -110,19 +110,7 @@ class SliceDiffusionTask(TrainingTask):
 
     def __init__(self, config: TrainConfig, where: str = "the config") -> None:
         super().__init__(config, where)
-        self._pairs: list[CasePair] | None = None
-        self._splits: dict[str, list[str]] | None = None
         self._slices: dict[str, SliceSet] = {}
-
-    # ---- data -----------------------------------------------------------------------------------
-    def _data(self) -> tuple[list[CasePair], dict[str, list[str]]]:
-        if self._pairs is None or self._splits is None:
-            d: SliceDataConfig = self.data_config
-            self._pairs = find_pairs(d.root, case_image=d.case_image, case_label=d.case_label,
-                                     allow_unpaired=d.allow_unpaired)
-            self._splits = split_cases([p.case_id for p in self._pairs], val_fraction=d.val_fraction,
-                                       test_fraction=d.test_fraction, seed=d.split_seed, group_by=d.group_by)
-        return self._pairs, self._splits
 
     def relabel(self) -> Any:
         d: SliceDataConfig = self.data_config
@@ -139,9 +127,7 @@ class SliceDiffusionTask(TrainingTask):
     def slices(self, split: str) -> SliceSet | None:
         """Slices of one split (``train`` / ``val`` / ``test``), or None when the split is empty."""
         if split not in self._slices:
-            pairs, splits = self._data()
-            wanted = set(splits[split])
-            chosen = [p for p in pairs if p.case_id in wanted]
+            chosen = self._split_pairs(split)
             if not chosen:
                 return None
             d: SliceDataConfig = self.data_config

@@ -54,6 +54,24 @@ class TrainingTask(ABC):
         )
 
     # ---- what the trainer needs -------------------------------------------------------------------
+
+    # ---- the one case split (tasks whose ``data:`` names image/label pairs) --------------------------------
+    def _case_split(self) -> Any:
+        """The task's pairs and train / val / test split, found once (`training.datasets.CaseSplit`)."""
+        from napari_medgen.training.datasets import CaseSplit
+
+        if getattr(self, "_cases", None) is None:
+            self._cases = CaseSplit(self.data_config)
+        return self._cases
+
+    def _data(self) -> tuple[list[Any], dict[str, list[str]]]:
+        """Every image/label pair and the case ids per split."""
+        return self._case_split().all()
+
+    def _split_pairs(self, name: str) -> list[Any]:
+        """The pairs of one split (``train`` / ``val`` / ``test``)."""
+        return self._case_split().pairs(name)
+
     @abstractmethod
     def build_models(self) -> dict[str, nn.Module]:
         """Every module of the task, by name (frozen ones included; only those with trainable

@@ -32,7 +32,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 from collections.abc import Iterator, Mapping
@@ -44,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from napari_medgen.core.atomic import atomic_write_text
+from napari_medgen.core.atomic import atomic_write_text, commit_folder
 from napari_medgen.core.progress import CancelToken, ProgressCallback, ProgressReporter
 from napari_medgen.errors import CancelledError, CheckpointError, ConfigError, InvalidInputError
 from napari_medgen.training.config import TrainConfig
@@ -269,9 +268,7 @@ class Trainer:
                 "config": self.config.as_dict(),
             }
             (partial / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(partial, final)
+            commit_folder(partial, final)
             done = sorted(
                 (p for p in root.glob("step_*") if p.is_dir() and (p / STATE_FILE).is_file()),
                 key=lambda p: int(p.name.split("_")[1]),

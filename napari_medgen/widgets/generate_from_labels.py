@@ -7,13 +7,17 @@ are left for the model to fill in. Only mask-ablated models can leave classes ou
 model the boxes stay ticked and disabled. An optional reference scan (on the labels' grid) maps the
 output to its intensity units and enables the anatomical-similarity slider.
 
-Generation runs in a napari thread worker over the pipeline's job generator: every sampling step moves
-the progress bar and is a cancellation point. The image is added as a new layer with the labels layer's
-own geometry only when the job finishes; a cancelled or failed run adds nothing.
+The steps box shows the pipeline's `default_steps` for the model and sampler (the CLI's default too) and
+follows them when either changes.
+
+Generation runs in a napari thread worker over the pipeline's job generator (`JobWidget`): every sampling
+step moves the progress bar and is a cancellation point. The image is added as a new layer with the labels
+layer's own geometry only when the job finishes; a cancelled or failed run adds nothing.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,18 +28,19 @@ from magicgui.widgets import (
     FloatSlider,
     Label,
     LineEdit,
-    ProgressBar,
     PushButton,
     SpinBox,
     create_widget,
 )
 
 from napari_medgen.errors import InvalidInputError, MedGenError
+from napari_medgen.widgets.job_widget import JobSpec, JobWidget
 
 if TYPE_CHECKING:
     import napari
 
     from napari_medgen.core.volume import LabelMap, Volume
+    from napari_medgen.pipelines.slice_generation import SliceResult
 
 NOT_ABLATED_TIP = (
     "This model was trained on complete masks (no mask ablation), so every class must be constrained; "
@@ -75,14 +80,13 @@ def layer_kwargs_2d(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class GenerateFromLabelsWidget(Container):
+class GenerateFromLabelsWidget(JobWidget):
     """Generate an image that follows a labels layer, slice by slice, on the labels' grid."""
 
     def __init__(self, viewer: napari.viewer.Viewer, model: str | None = None) -> None:
-        from napari_medgen.pipelines.slice_generation import DEFAULT_MODEL, NOISE_MODES
+        from napari_medgen.pipelines.slice_generation import DEFAULT_MODEL, DEFAULT_SAMPLER, NOISE_MODES
 
-        super().__init__(labels=True)
-        self._viewer = viewer
+        super().__init__(viewer)
         self._labels: ComboBox = create_widget(annotation="napari.layers.Labels", label="labels")
         self._model = LineEdit(value=model or DEFAULT_MODEL, label="model")
         self._model.tooltip = "A bundled model name or a checkpoint folder (trained with `medgen train`)."
@@ -95,8 +99,9 @@ class GenerateFromLabelsWidget(Container):
         self._similarity = FloatSlider(value=0.0, min=0.0, max=1.0, step=0.01, label="similarity", enabled=False)
         self._similarity.tooltip = "How much each slice resembles the reference slice (needs a reference)."
         self._axis = ComboBox(choices=[("0 (z)", 0), ("1 (y)", 1), ("2 (x)", 2)], value=0, label="slice axis")
-        self._steps = SpinBox(value=20, min=1, max=1000, label="steps")
-        self._sampler = ComboBox(choices=SAMPLER_CHOICES, value="dpmpp", label="sampler")
+        self._steps = SpinBox(value=1, min=1, max=1000, label="steps")
+        self._steps.tooltip = "Sampling steps; set to the model's and sampler's default when either changes."
+        self._sampler = ComboBox(choices=SAMPLER_CHOICES, value=DEFAULT_SAMPLER, label="sampler")
         self._noise = ComboBox(choices=NOISE_MODES, value="independent", label="noise")
         self._noise.tooltip = (
             "Starting noise of neighbouring slices: independent (most varied), shared (smoothest), "
@@ -104,25 +109,24 @@ class GenerateFromLabelsWidget(Container):
         )
         self._seed = SpinBox(value=0, min=0, max=2**31 - 1, label="seed")
         self._generate = PushButton(text="Generate")
-        self._cancel = PushButton(text="Cancel", enabled=False)
-        self._progress = ProgressBar(value=0, min=0, max=1, label="progress")
-        self._status = Label(value="")
         self.extend([self._labels, self._model, self._classes, self._class_note, self._reference, self._similarity,
-                     self._axis, self._steps, self._sampler, self._noise, self._seed, self._generate, self._cancel,
-                     self._progress, self._status])
-        for note in (self._class_note, self._status):
-            note.native.setWordWrap(True)
+                     self._axis, self._steps, self._sampler, self._noise, self._seed,
+                     *self.job_controls(self._generate)])
+        self._class_note.native.setWordWrap(True)
         self._class_boxes: dict[int, CheckBox] = {}
         self._ablated = False
-        self.worker: Any = None
         self.last_layer: Any = None
-        self._pending: tuple[str, bool] | None = None
         self._model.changed.connect(self._refresh_classes)
         self._labels.changed.connect(self._apply_class_defaults)
         self._reference.changed.connect(self._reference_changed)
         self._generate.changed.connect(self._start)
-        self._cancel.changed.connect(self.cancel)
         self._refresh_classes()
+        self.follow_default(self._steps, self._default_steps, self._model, self._sampler)
+
+    def _default_steps(self) -> int:
+        from napari_medgen.pipelines.slice_generation import default_steps
+
+        return default_steps(str(self._model.value).strip(), str(self._sampler.value))
 
     # ---- class checkboxes ----------------------------------------------------------------------------
     def _refresh_classes(self) -> None:
@@ -204,61 +208,23 @@ class GenerateFromLabelsWidget(Container):
         from napari_medgen.pipelines.slice_generation import generate_from_labels
 
         labels, options, _, _ = self.request()
-        return generate_from_labels(labels, **options)
+        return generate_from_labels(labels, **options, device=self.checked_device()).image
 
     # ---- worker --------------------------------------------------------------------------------------
     def _start(self) -> None:
+        self.start_job(self._job)
+
+    def _job(self) -> JobSpec:
         from napari_medgen.pipelines.slice_generation import generate_from_labels_job
-        from napari_medgen.widgets.feedback import start_job_worker
 
-        try:
-            labels, options, name, is_2d = self.request()
-        except MedGenError as error:
-            self._report(error)
-            return
-        self._pending = (name, is_2d)
-        self._generate.enabled = False
-        self._cancel.enabled = True
-        self._progress.value = 0
-        self._status.value = "loading model..."
-        self.worker = start_job_worker(
-            generate_from_labels_job, labels, **options, on_progress=self._on_progress, on_returned=self._add_layer,
-            on_error=self._report, on_aborted=self._on_aborted, on_finished=self._on_finished,
-        )
+        labels, options, name, is_2d = self.request()
+        return generate_from_labels_job, (labels,), options, partial(self._add_layer, name=name, is_2d=is_2d)
 
-    def cancel(self) -> None:
-        """Stop at the next sampling step; nothing is added."""
-        if self.worker is not None:
-            self._status.value = "cancelling..."
-            self.worker.quit()
-
-    def _on_progress(self, event: Any) -> None:
-        from napari_medgen.widgets.feedback import show_progress
-
-        show_progress(self._progress, self._status, event)
-
-    def _add_layer(self, volume: Volume) -> None:
+    def _add_layer(self, result: SliceResult, name: str, is_2d: bool) -> None:
         from napari_medgen.layers import volume_to_layer_data
 
-        if self._pending is None:
-            return
-        name, is_2d = self._pending
-        data, kwargs, _ = volume_to_layer_data(volume, name)
+        data, kwargs, _ = volume_to_layer_data(result.image, name)
         if is_2d:
             data, kwargs = data[0], layer_kwargs_2d(kwargs)
         self.last_layer = self._viewer.add_image(data, **kwargs)
-        self._progress.value = self._progress.max
         self._status.value = f"added '{self.last_layer.name}'"
-
-    def _on_aborted(self) -> None:
-        self._status.value = "cancelled: nothing was added"
-
-    def _on_finished(self) -> None:
-        self._pending = None
-        self._generate.enabled = True
-        self._cancel.enabled = False
-
-    def _report(self, error: Exception) -> None:
-        from napari_medgen.widgets.feedback import show_error
-
-        show_error(self._status, error)

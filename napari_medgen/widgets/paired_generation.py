@@ -1,8 +1,9 @@
 """Dock widget "Paired generation": N new (image, lesion mask) pairs from a diffusion guider (PIG).
 
 A thin adapter over `napari_medgen.pipelines.paired_generation` (the same code as the CLI), run in a
-napari thread worker over the pipeline's job generator (progress bar, Cancel; nothing is added unless
-the run finishes).
+napari thread worker over the pipeline's job generator (`JobWidget`: progress bar, Cancel, device; nothing
+is added unless the run finishes). The steps box shows the pipeline's `default_steps` for the guider and
+sampler (the CLI's default too) and follows them when either changes.
 
 Output choice: the N pairs become ONE image layer and ONE labels layer, each a stack of shape
 (N, H, W) named "paired images (seed S)" and "paired masks (seed S)". Item i of the image stack and item
@@ -14,17 +15,20 @@ gives one file holding all N items; slice ``i`` of both files is pair ``i``.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, LineEdit, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import ComboBox, LineEdit, PushButton, SpinBox
 
-from napari_medgen.errors import InvalidInputError, MedGenError
+from napari_medgen.errors import InvalidInputError
+from napari_medgen.widgets.job_widget import JobSpec, JobWidget
 
 if TYPE_CHECKING:
     import napari
 
     from napari_medgen.core.volume import LabelMap, Volume
+    from napari_medgen.pipelines.paired_generation import PairsResult
 
 SAMPLER_CHOICES = ("ddim", "dpmpp", "ddpm")
 
@@ -44,15 +48,14 @@ def stack_pairs(pairs: list[tuple[Volume, LabelMap]]) -> tuple[Volume, LabelMap]
     return Volume(images, spacing=spacing, metadata=meta), LabelMap(masks, spacing=spacing, metadata=dict(meta))
 
 
-class PairedGenerationWidget(Container):
+class PairedGenerationWidget(JobWidget):
     """Generate N image + lesion-mask pairs that agree with each other."""
 
     def __init__(self, viewer: napari.viewer.Viewer, guider: str | None = None,
                  image_model: str | None = None) -> None:
-        from napari_medgen.pipelines.paired_generation import DEFAULT_GUIDER, PARTNERS
+        from napari_medgen.pipelines.paired_generation import DEFAULT_GUIDER, DEFAULT_SAMPLER, PARTNERS
 
-        super().__init__(labels=True)
-        self._viewer = viewer
+        super().__init__(viewer)
         self._guider = LineEdit(value=guider or DEFAULT_GUIDER, label="guider")
         self._guider.tooltip = "A bundled paired-guider name or a checkpoint folder."
         self._image_model = LineEdit(value=image_model or "", label="image model (optional)")
@@ -62,21 +65,21 @@ class PairedGenerationWidget(Container):
             f"of a bundled guider ({partners})."
         )
         self._n = SpinBox(value=4, min=1, max=512, label="pairs (N)")
-        self._steps = SpinBox(value=50, min=1, max=1000, label="steps")
-        self._sampler = ComboBox(choices=SAMPLER_CHOICES, value="ddim", label="sampler")
+        self._steps = SpinBox(value=1, min=1, max=1000, label="steps")
+        self._steps.tooltip = "Sampling steps; set to the guider's and sampler's default when either changes."
+        self._sampler = ComboBox(choices=SAMPLER_CHOICES, value=DEFAULT_SAMPLER, label="sampler")
         self._seed = SpinBox(value=0, min=0, max=2**31 - 1, label="seed")
         self._generate = PushButton(text="Generate")
-        self._cancel = PushButton(text="Cancel", enabled=False)
-        self._progress = ProgressBar(value=0, min=0, max=1, label="progress")
-        self._status = Label(value="")
-        self._status.native.setWordWrap(True)
         self.extend([self._guider, self._image_model, self._n, self._steps, self._sampler, self._seed,
-                     self._generate, self._cancel, self._progress, self._status])
-        self.worker: Any = None
+                     *self.job_controls(self._generate)])
         self.last_layers: tuple[Any, Any] | None = None
-        self._seed_used: int | None = None
         self._generate.changed.connect(self._start)
-        self._cancel.changed.connect(self.cancel)
+        self.follow_default(self._steps, self._default_steps, self._guider, self._sampler)
+
+    def _default_steps(self) -> int:
+        from napari_medgen.pipelines.paired_generation import default_steps
+
+        return default_steps(str(self._guider.value).strip(), str(self._sampler.value))
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments for `generate_pairs_job` from the current widget state."""
@@ -94,56 +97,25 @@ class PairedGenerationWidget(Container):
         }
 
     def _start(self) -> None:
+        self.start_job(self._job, status="loading models...")
+
+    def _job(self) -> JobSpec:
         from napari_medgen.pipelines.paired_generation import generate_pairs_job
-        from napari_medgen.widgets.feedback import start_job_worker
 
-        try:
-            options = self.options()
-        except MedGenError as error:
-            self._report(error)
-            return
-        self._seed_used = options["seed"]
-        self._generate.enabled = False
-        self._cancel.enabled = True
-        self._progress.value = 0
-        self._status.value = "loading models..."
+        options = self.options()
         n = options.pop("n")
-        self.worker = start_job_worker(
-            generate_pairs_job, n, **options, on_progress=self._on_progress, on_returned=self._add_layers,
-            on_error=self._report, on_aborted=lambda: setattr(self._status, "value", "cancelled: nothing was added"),
-            on_finished=self._on_finished,
-        )
+        return generate_pairs_job, (n,), options, partial(self._add_layers, seed=options["seed"])
 
-    def cancel(self) -> None:
-        """Stop at the next sampling step; nothing is added."""
-        if self.worker is not None:
-            self._status.value = "cancelling..."
-            self.worker.quit()
-
-    def _on_progress(self, event: Any) -> None:
-        from napari_medgen.widgets.feedback import show_progress
-
-        show_progress(self._progress, self._status, event)
-
-    def _add_layers(self, pairs: list[tuple[Volume, LabelMap]]) -> None:
+    def _add_layers(self, result: PairsResult, seed: int | None = None) -> None:
+        """Add the pairs as two stacks named by ``seed`` (default: the seed box; the run passes its own)."""
         from napari_medgen.layers import volume_to_layer_data
 
-        images, masks = stack_pairs(pairs)
-        seed = self._seed_used
+        seed = int(self._seed.value) if seed is None else seed
+        images, masks = stack_pairs(result.pairs)
         image_data, image_kwargs, _ = volume_to_layer_data(images, f"paired images (seed {seed})")
         image_kwargs["contrast_limits"] = (0.0, 1.0)  # the pipeline returns normalised [0, 1] intensities
         mask_data, mask_kwargs, _ = volume_to_layer_data(masks, f"paired masks (seed {seed})")
         image_layer = self._viewer.add_image(image_data, **image_kwargs)
         mask_layer = self._viewer.add_labels(mask_data, **mask_kwargs)
         self.last_layers = (image_layer, mask_layer)
-        self._progress.value = self._progress.max
-        self._status.value = f"added {len(pairs)} pairs: '{image_layer.name}' and '{mask_layer.name}'"
-
-    def _on_finished(self) -> None:
-        self._generate.enabled = True
-        self._cancel.enabled = False
-
-    def _report(self, error: Exception) -> None:
-        from napari_medgen.widgets.feedback import show_error
-
-        show_error(self._status, error)
+        self._status.value = f"added {len(result.pairs)} pairs: '{image_layer.name}' and '{mask_layer.name}'"

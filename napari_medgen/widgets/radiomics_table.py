@@ -1,31 +1,35 @@
 """Dock widget "Radiomics features": image layer + labels layer + label value -> table grouped by class.
 
 A thin adapter: layers become `Volume`/`LabelMap` through `napari_medgen.layers`, features come from
-`napari_medgen.radiomics.table` (the same code as ``medgen radiomics``), and the computation runs in a
-napari thread worker so the viewer stays responsive on large scans.
+`napari_medgen.pipelines.radiomics_extraction` (the same values as ``medgen radiomics``), computed in a napari
+thread worker one feature class at a time: the progress bar moves per class and Cancel stops between classes.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox, Table, create_widget
+from magicgui.widgets import ComboBox, FileEdit, PushButton, SpinBox, Table, create_widget
 
 from napari_medgen.errors import InvalidInputError, MedGenError
+from napari_medgen.widgets.job_widget import JobSpec, JobWidget
 
 if TYPE_CHECKING:
     import napari
 
+    from napari_medgen.pipelines.radiomics_extraction import RadiomicsResult
+
 _COLUMNS = ("class", "feature", "value", "unit")
 
 
-class RadiomicsTableWidget(Container):
+class RadiomicsTableWidget(JobWidget):
     """Compute pyradiomics-named features of one label and show/export them."""
 
+    uses_device = False  # radiomics runs on the CPU (numpy + numba)
+
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
-        self._viewer = viewer
+        super().__init__(viewer)
         self._image: ComboBox = create_widget(annotation="napari.layers.Image", label="image")
         self._labels: ComboBox = create_widget(annotation="napari.layers.Labels", label="labels")
         self._label_value = SpinBox(value=1, min=1, max=65535, label="label value")
@@ -33,80 +37,60 @@ class RadiomicsTableWidget(Container):
         self._compute = PushButton(text="Compute features")
         self._export_path = FileEdit(mode="w", filter="*.csv", label="export to", value="")
         self._export = PushButton(text="Export CSV", enabled=False)
-        self._status = Label(value="")
         self.table = Table(value={"data": [], "index": [], "columns": list(_COLUMNS)})
         self.features: dict[str, float] = {}
         self._compute.changed.connect(self._start)
         self._export.changed.connect(self._export_clicked)
-        self.extend([self._image, self._labels, self._label_value, self._params, self._compute,
-                     self._status, self.table, self._export_path, self._export])
-        self.worker: Any = None
+        self.extend([self._image, self._labels, self._label_value, self._params, *self.job_controls(self._compute),
+                     self.table, self._export_path, self._export])
         self.table.native.verticalHeader().setVisible(False)
         self.table.native.horizontalHeader().setStretchLastSection(True)
         self.native.setMinimumWidth(620)
 
     # ---- computation ---------------------------------------------------------------------------------
     def _inputs(self):  # noqa: ANN202 - returns (Volume, LabelMap, int, RadiomicsParams)
-        from napari_medgen.layers import labels_layer_to_labelmap, layer_to_volume
+        from napari_medgen.layers import labels_layer_to_labelmap, layer_to_volume, snapshot
         from napari_medgen.radiomics.params import RadiomicsParams, load_params
         from napari_medgen.radiomics.settings import RadiomicsSettings
 
         image_layer, labels_layer = self._image.value, self._labels.value
         if image_layer is None or labels_layer is None:
             raise InvalidInputError("Choose an image layer and a labels layer (open a scan and its segmentation).")
-        image = layer_to_volume(image_layer)
-        labels = labels_layer_to_labelmap(labels_layer, image)
+        image = snapshot(layer_to_volume(image_layer))  # the user may keep painting while the worker reads them
+        labels = snapshot(labels_layer_to_labelmap(labels_layer, image))
         params_path = str(self._params.value or "")
         params = load_params(params_path) if params_path not in ("", ".") else RadiomicsParams(RadiomicsSettings())
         return image, labels, int(self._label_value.value), params
 
     def compute(self) -> dict[str, float]:
         """Synchronous computation (used by tests and scripts); fills the table."""
-        from napari_medgen.radiomics.table import features_for
+        from napari_medgen.pipelines.radiomics_extraction import extract_features
 
         image, labels, label, params = self._inputs()
-        self._show(features_for(image, labels, label, params))
+        self._show(extract_features(image, labels, label, params))
         return self.features
 
+    def _job(self) -> JobSpec:
+        from napari_medgen.pipelines.radiomics_extraction import extract_features_job
+
+        return extract_features_job, self._inputs(), {}, self._show
+
     def _start(self) -> None:
-        from napari.qt.threading import create_worker
+        self.start_job(self._job, status="computing...")
 
-        from napari_medgen.radiomics.table import features_for
-
-        try:
-            image, labels, label, params = self._inputs()
-        except MedGenError as error:
-            self._report(error)
-            return
-        self._compute.enabled = False
-        self._status.value = "computing..."
-        self.worker = create_worker(
-            features_for, image, labels, label, params, _start_thread=False, _ignore_errors=True
-        )
-        self.worker.returned.connect(self._show)
-        self.worker.errored.connect(self._report)
-        self.worker.finished.connect(lambda: setattr(self._compute, "enabled", True))
-        self.worker.start()
-
-    def _show(self, features: dict[str, float]) -> None:
+    def _show(self, result: RadiomicsResult) -> None:
         from napari_medgen.radiomics.table import group_by_class
 
-        self.features = dict(features)
+        self.features = dict(result.features)
         rows = [
             [cls, feature, f"{value:.6g}", unit]
-            for cls, items in group_by_class(features).items()
+            for cls, items in group_by_class(self.features).items()
             for feature, value, unit in items
         ]
         self.table.value = {"data": rows, "index": list(range(len(rows))), "columns": list(_COLUMNS)}
         self.table.native.resizeColumnsToContents()
         self._export.enabled = True
-        self._status.value = f"{len(rows)} features of label {int(self._label_value.value)}"
-
-    def _report(self, error: Exception) -> None:
-        from napari.utils.notifications import show_error
-
-        self._status.value = f"error: {error}"
-        show_error(str(error))
+        self._status.value = f"{len(rows)} features of label {result.report.get('label')}"
 
     # ---- export --------------------------------------------------------------------------------------
     def export_csv(self, path: str | Path) -> Path:
@@ -129,4 +113,4 @@ class RadiomicsTableWidget(Container):
             self.export_csv(path)
             self._status.value = f"exported to {path}"
         except MedGenError as error:
-            self._report(error)
+            self.report(error)

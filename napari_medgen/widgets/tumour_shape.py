@@ -5,21 +5,28 @@ elongation, flatness, maximum diameter) has a slider with a checkbox, unchecked 
 plausibly by the model from its training distribution, and the last point of a points layer says
 where. The result is placed on the image's own grid (`place_shape`) and added as a labels layer with
 the image's geometry, so it saves aligned with the scan.
+
+Generation runs `generate_shape_job` in a napari thread worker (progress per stage, Cancel between stages, on the
+chosen device); the layer is added only when the job finishes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, FloatSlider, Label, LineEdit, PushButton, SpinBox, create_widget
+from magicgui.widgets import CheckBox, FloatSlider, LineEdit, PushButton, SpinBox, create_widget
 
 from napari_medgen.errors import InvalidInputError
+from napari_medgen.widgets.job_widget import JobSpec, JobWidget
 
 if TYPE_CHECKING:
     import napari
 
-    from napari_medgen.core.volume import LabelMap
+    from napari_medgen.core.progress import Job
+    from napari_medgen.core.volume import LabelMap, Volume
 
 
 def point_to_physical(points_layer: Any) -> tuple[float, float, float]:
@@ -33,14 +40,22 @@ def point_to_physical(points_layer: Any) -> tuple[float, float, float]:
     return (float(world[2]), float(world[1]), float(world[0]))
 
 
-class TumourShapeWidget(Container):
+def shape_at_point_job(reference: Volume, center_mm: Sequence[float], features: dict[str, float],
+                       **options: Any) -> Job[LabelMap]:
+    """`generate_shape_job`, then `place_shape` on ``reference``'s grid at ``center_mm`` (in the worker too)."""
+    from napari_medgen.pipelines.shape_generation import generate_shape_job, place_shape
+
+    result = yield from generate_shape_job(features, **options)
+    return place_shape(result.mask, reference, center_mm)
+
+
+class TumourShapeWidget(JobWidget):
     """Generate a tumour mask with requested shape features at a point of an image."""
 
     def __init__(self, viewer: napari.viewer.Viewer, model: str | None = None) -> None:
         from napari_medgen.pipelines.shape_generation import DEFAULT_MODEL, shape_controls
 
-        super().__init__(labels=True)
-        self._viewer = viewer
+        super().__init__(viewer)
         self._model = LineEdit(value=model or DEFAULT_MODEL, label="model")
         self._image = create_widget(annotation="napari.layers.Image", label="image")
         self._points = create_widget(annotation="napari.layers.Points", label="location (points)")
@@ -55,12 +70,10 @@ class TumourShapeWidget(Container):
             rows.extend([use, slider])
         self._seed = SpinBox(value=0, min=0, max=2**31 - 1, label="seed")
         self._generate = PushButton(text="Generate tumour mask")
-        self._status = Label(value="")
-        rows.extend([self._seed, self._generate, self._status])
+        rows.extend([self._seed, *self.job_controls(self._generate)])
         self.extend(rows)
         self._generate.changed.connect(self._start)
         self._model.changed.connect(self._model_changed)
-        self.worker: Any = None
         self.last_layer: Any = None
 
     def _model_changed(self) -> None:
@@ -92,10 +105,10 @@ class TumourShapeWidget(Container):
         """The features whose checkbox is ticked, in real units."""
         return {name: float(slider.value) for name, (use, slider) in self._controls.items() if use.value}
 
-    def generate(self) -> LabelMap:
-        """Synchronous generation on the image grid (used by the worker, tests and scripts)."""
+    def job_arguments(self) -> JobSpec:
+        """(`shape_at_point_job`, args, kwargs, result handler) from the widget state (only the image's grid is
+        read)."""
         from napari_medgen.layers import layer_to_volume
-        from napari_medgen.pipelines.shape_generation import generate_shape, place_shape
 
         if self._image.value is None:
             raise InvalidInputError("Choose the image the tumour goes into (open a scan first).")
@@ -103,31 +116,26 @@ class TumourShapeWidget(Container):
             raise InvalidInputError("Add a points layer and click the tumour location in the image.")
         reference = layer_to_volume(self._image.value)
         centre = point_to_physical(self._points.value)
-        shape = generate_shape(self.request(), spacing=reference.spacing, seed=int(self._seed.value),
-                               model=self._model.value)
-        return place_shape(shape, reference, centre)
+        seed = int(self._seed.value)
+        options = {"spacing": reference.spacing, "seed": seed, "model": self._model.value}
+        return shape_at_point_job, (reference, centre, self.request()), options, partial(self._add_layer, seed=seed)
+
+    def generate(self) -> LabelMap:
+        """Synchronous generation on the image grid (scripts and tests); the dock uses the worker path."""
+        from napari_medgen.core.progress import run_job
+
+        job, args, kwargs, _ = self.job_arguments()
+        return run_job(job(*args, **kwargs, device=self.checked_device()))
 
     def _start(self) -> None:
-        from napari.qt.threading import create_worker
+        self.start_job(self.job_arguments)
 
-        self._generate.enabled = False
-        self._status.value = "generating..."
-        self.worker = create_worker(self.generate, _start_thread=False, _ignore_errors=True)
-        self.worker.returned.connect(self._add_layer)
-        self.worker.errored.connect(self._report)
-        self.worker.finished.connect(lambda: setattr(self._generate, "enabled", True))
-        self.worker.start()
-
-    def _add_layer(self, labels: LabelMap) -> None:
+    def _add_layer(self, labels: LabelMap, seed: int | None = None) -> None:
+        """Add ``labels`` as a new layer named by ``seed`` (default: the seed box; the run passes its own)."""
         from napari_medgen.layers import volume_to_layer_data
 
-        name = f"tumour shape (seed {int(self._seed.value)})"
+        name = f"tumour shape (seed {int(self._seed.value) if seed is None else seed})"
         data, kwargs, _ = volume_to_layer_data(labels, name)
         self.last_layer = self._viewer.add_labels(data, **kwargs)
         volume = float((labels.array > 0).sum() * np.prod(labels.spacing))
         self._status.value = f"added '{name}': {volume:.0f} mm3"
-
-    def _report(self, error: Exception) -> None:
-        from napari_medgen.widgets.feedback import show_error
-
-        show_error(self._status, error)

@@ -12,15 +12,16 @@ A thin adapter over `napari_medgen.pipelines.tumor_synthesis` (the same code as 
   whose ranges are the model's training range (2nd-98th percentile, ``feature_ranges`` in its config.json,
   read without torch).
 
-Every operation runs in a napari thread worker over the pipeline's job generator: each sampling step moves
-the progress bar and is a cancellation point. Input layers are copied when the run starts and never
+Every operation runs in a napari thread worker over the pipeline's job generator (`JobWidget`, on the chosen
+device): each sampling step moves the progress bar and is a cancellation point. The steps box shows the model's
+default (`resolve_steps`) and follows the model field. Input layers are copied when the run starts and never
 written; the edited scan and its label map are added as two NEW layers with the source image layer's own
 transform, only when the job finishes. A cancelled or failed run adds nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,7 +33,6 @@ from magicgui.widgets import (
     FloatSpinBox,
     Label,
     LineEdit,
-    ProgressBar,
     PushButton,
     SpinBox,
     create_widget,
@@ -40,6 +40,7 @@ from magicgui.widgets import (
 
 from napari_medgen.errors import DimensionError, InvalidInputError, MedGenError
 from napari_medgen.layers import snapshot
+from napari_medgen.widgets.job_widget import JobSpec, JobWidget
 from napari_medgen.widgets.tumour_shape import point_to_physical
 
 if TYPE_CHECKING:
@@ -109,23 +110,13 @@ def source_transform(layer: Any) -> dict[str, Any]:
     return out
 
 
-@dataclass
-class _Pending:
-    """What the finished run needs to add its layers (captured at start: the layers may change meanwhile)."""
-
-    operation: str
-    name: str
-    transform: dict[str, Any] = field(default_factory=dict)
-
-
-class TumourSynthesisWidget(Container):
+class TumourSynthesisWidget(JobWidget):
     """Synthesize, remove, retexture, resize or move a tumour in a 3D scan (texture bridge model)."""
 
     def __init__(self, viewer: napari.viewer.Viewer, model: str | None = None) -> None:
         from napari_medgen.pipelines.tumor_synthesis import DEFAULT_MODEL, DEFAULT_STEPS
 
-        super().__init__(labels=True)
-        self._viewer = viewer
+        super().__init__(viewer)
         self._model = LineEdit(value=model or DEFAULT_MODEL, label="model")
         self._model.tooltip = "A bundled texture-bridge name or a checkpoint folder (trained with `medgen train`)."
         self._image = create_widget(annotation="napari.layers.Image", label="image")
@@ -162,28 +153,27 @@ class TumourSynthesisWidget(Container):
         self._steps = SpinBox(value=DEFAULT_STEPS, min=1, max=1000, label="steps")
         self._seed = SpinBox(value=0, min=0, max=2**31 - 1, label="seed")
         self._buttons = {op: PushButton(text=op.capitalize()) for op in OPERATIONS}
-        buttons = Container(widgets=list(self._buttons.values()), layout="horizontal", labels=False)
-        self._cancel = PushButton(text="Cancel", enabled=False)
-        self._progress = ProgressBar(value=0, min=0, max=1, label="progress")
-        self._status = Label(value="")
         self._build_shape_sliders()
         self.extend([self._model, self._image, self._points, self._labels, self._label, self._shape_from,
                      *self._shape_sliders.values(), self._shape_note, self._texture_labels, self._texture_image,
                      self._texture_label, self._textures, self._texture_note, self._scale, self._steps,
-                     self._seed, buttons, self._cancel, self._progress, self._status])
-        for note in (self._shape_note, self._texture_note, self._status):
+                     self._seed, *self.job_controls(*self._buttons.values())])
+        for note in (self._shape_note, self._texture_note):
             note.native.setWordWrap(True)
-        self.worker: Any = None
         self.last_layers: tuple[Any, Any] | None = None
         self.last_report: dict[str, Any] | None = None
-        self._pending: _Pending | None = None
         self._model.changed.connect(self._refresh_texture_controls)
         self._shape_from.changed.connect(self._shape_source_changed)
         for op, button in self._buttons.items():
             button.changed.connect(lambda *_, op=op: self.start(op))
-        self._cancel.changed.connect(self.cancel)
         self._refresh_texture_controls()
         self._shape_source_changed()
+        self.follow_default(self._steps, self._default_steps, self._model)
+
+    def _default_steps(self) -> int:
+        from napari_medgen.pipelines.tumor_synthesis import resolve_steps
+
+        return resolve_steps(str(self._model.value).strip())
 
     # ---- controls ------------------------------------------------------------------------------------
     def _build_shape_sliders(self) -> None:
@@ -349,76 +339,31 @@ class TumourSynthesisWidget(Container):
         from napari_medgen.core.progress import run_job
 
         job, args, kwargs, _ = self.job_arguments(operation)
-        return run_job(job(*args, **kwargs))
+        return run_job(job(*args, **kwargs, device=self.checked_device()))
 
     # ---- worker --------------------------------------------------------------------------------------
     def start(self, operation: str) -> None:
         """Run ``operation`` in a thread worker; its result is added as two new layers when it finishes."""
-        from napari_medgen.widgets.feedback import start_job_worker
+        self.start_job(partial(self._job, operation))
 
-        if self.worker is not None and self.worker.is_running:
-            return
-        try:
-            job, args, kwargs, name = self.job_arguments(operation)
-        except MedGenError as error:
-            self._report(error)
-            return
-        self._pending = _Pending(operation, name, source_transform(self._image.value))
-        for button in self._buttons.values():
-            button.enabled = False
-        self._cancel.enabled = True
-        self._progress.value = 0
-        self._status.value = "loading model..."
-        self.worker = start_job_worker(
-            job, *args, **kwargs, on_progress=self._on_progress, on_returned=self._add_layers, on_error=self._report,
-            on_aborted=self._on_aborted, on_finished=self._on_finished,
-        )
+    def _job(self, operation: str) -> JobSpec:
+        job, args, kwargs, name = self.job_arguments(operation)
+        # the source layer's placement now: the layers may change while the job runs
+        on_returned = partial(self._add_layers, operation=operation, name=name,
+                              transform=source_transform(self._image.value))
+        return job, args, kwargs, on_returned
 
-    def cancel(self) -> None:
-        """Stop at the next sampling step; nothing is added."""
-        if self.worker is not None:
-            self._status.value = "cancelling..."
-            self.worker.quit()
-
-    @property
-    def running(self) -> bool:
-        """True while a run is going (the operation buttons are disabled meanwhile)."""
-        return not all(button.enabled for button in self._buttons.values())
-
-    def _on_progress(self, event: Any) -> None:
-        from napari_medgen.widgets.feedback import show_progress
-
-        show_progress(self._progress, self._status, event)
-
-    def _add_layers(self, result: EditResult) -> None:
+    def _add_layers(self, result: EditResult, operation: str, name: str, transform: dict[str, Any]) -> None:
         from napari_medgen.layers import volume_to_layer_data
 
-        pending = self._pending
-        if pending is None:
-            return
-        past = OPERATIONS[pending.operation]
-        image_data, image_kwargs, _ = volume_to_layer_data(result.image, f"{pending.name} {past}")
-        labels_data, labels_kwargs, _ = volume_to_layer_data(result.labels, f"{pending.name} {past} labels")
+        past = OPERATIONS[operation]
+        image_data, image_kwargs, _ = volume_to_layer_data(result.image, f"{name} {past}")
+        labels_data, labels_kwargs, _ = volume_to_layer_data(result.labels, f"{name} {past} labels")
         for kwargs in (image_kwargs, labels_kwargs):
-            kwargs.update({key: np.array(value) for key, value in pending.transform.items()})
+            kwargs.update({key: np.array(value) for key, value in transform.items()})
             kwargs["metadata"]["medgen_edit"] = result.report
         image_layer = self._viewer.add_image(image_data, **image_kwargs)
         labels_layer = self._viewer.add_labels(labels_data, **labels_kwargs)
         self.last_layers = (image_layer, labels_layer)
         self.last_report = result.report
-        self._progress.value = self._progress.max
         self._status.value = f"added '{image_layer.name}' and '{labels_layer.name}'"
-
-    def _on_aborted(self) -> None:
-        self._status.value = "cancelled: nothing was added"
-
-    def _on_finished(self) -> None:
-        self._pending = None
-        for button in self._buttons.values():
-            button.enabled = True
-        self._cancel.enabled = False
-
-    def _report(self, error: Exception) -> None:
-        from napari_medgen.widgets.feedback import show_error
-
-        show_error(self._status, error)

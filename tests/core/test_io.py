@@ -19,6 +19,7 @@ from napari_medgen.errors import (
     DimensionError,
     GeometryMismatchError,
     InvalidInputError,
+    MedGenError,
     UnsupportedFormatError,
 )
 
@@ -398,6 +399,62 @@ def test_dicom_overwrite_replaces_series_but_never_a_foreign_folder(tmp_path: Pa
         io.write_volume(Volume(np.zeros((2, 2, 2), np.int16)), foreign)
     assert (foreign / "thesis.txt").read_text(encoding="utf-8") == "precious"
     assert _no_leftovers(tmp_path) == []
+
+
+def test_write_outputs_writes_all_or_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image, labels = Volume(np.full((3, 3, 3), 7, np.int16)), LabelMap(np.ones((3, 3, 3), np.uint8))
+    old = tmp_path / "image.nii.gz"
+    old.write_bytes(b"an earlier result")
+    outputs = [(image, old), (labels, tmp_path / "new" / "mask.seg.nrrd"), ("{}\n", tmp_path / "report.json")]
+    real = io.write_volume
+
+    def failing(volume: Volume, path: Path, **kwargs: object) -> Path:
+        if Path(path).name == "mask.seg.nrrd":
+            raise OSError("disk full (simulated)")
+        return real(volume, path, **kwargs)
+
+    monkeypatch.setattr(io, "write_volume", failing)
+    with pytest.raises(MedGenError, match="none was written"):
+        io.write_outputs(outputs)
+    assert sorted(os.listdir(tmp_path)) == ["image.nii.gz"] and old.read_bytes() == b"an earlier result"
+    monkeypatch.undo()
+    written = io.write_outputs(outputs)
+    assert [p.name for p in written] == ["image.nii.gz", "mask.seg.nrrd", "report.json"]
+    np.testing.assert_array_equal(io.read_volume(old).array, 7)
+    assert io.read_labels(tmp_path / "new" / "mask.seg.nrrd").array.sum() == 27
+    assert (tmp_path / "report.json").read_text(encoding="utf-8") == "{}\n"
+    assert _no_leftovers(tmp_path) == [] and _no_leftovers(tmp_path / "new") == []
+
+
+def test_staged_outputs_swaps_a_folder_in_whole(tmp_path: Path) -> None:
+    from napari_medgen.core.atomic import staged_outputs
+
+    dest = tmp_path / "pairs"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    with pytest.raises(KeyboardInterrupt), staged_outputs([dest]) as (staged,):
+        staged.mkdir()
+        (staged / "new.txt").write_text("new")
+        raise KeyboardInterrupt
+    assert os.listdir(dest) == ["old.txt"] and _no_leftovers(tmp_path) == []
+    with staged_outputs([dest]) as (staged,):
+        staged.mkdir()
+        (staged / "new.txt").write_text("new")
+    assert os.listdir(dest) == ["new.txt"] and _no_leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(("name", "is_labels"), [
+    ("case_seg.nii.gz", True), ("case.seg.nrrd", True), ("brainmask.mha", True), ("Labels/x.nii", False),
+    ("case_lesion.png", True), ("case-gt_2.nrrd", True), ("case_label.nrrd", True), ("case.nii.gz", False),
+    ("t1c.nrrd", False), ("image_0000.nii.gz", False),
+])
+def test_one_naming_rule_for_label_files(name: str, is_labels: bool) -> None:
+    from napari_medgen.core.naming import label_base, looks_like_labels, split_name, stem
+
+    assert looks_like_labels(name) is is_labels
+    assert split_name("x/case.seg.nrrd") == ("case", ".seg.nrrd") and split_name("notes.txt") is None
+    assert stem("a/b.nii.gz") == "b" and stem("c.txt") == "c"
+    assert label_base("X_mask_1") == "X" and label_base("X") is None
 
 
 # ---- small helpers -----------------------------------------------------------------------------------------

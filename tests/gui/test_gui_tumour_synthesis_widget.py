@@ -231,11 +231,11 @@ def test_event_loop_is_never_blocked_during_a_run(make_napari_viewer, qtbot, tin
     returned: list[float] = []
     add_layers = widget._add_layers
 
-    def timed_add_layers(result) -> None:
+    def timed_add_layers(result, **context) -> None:
         returned.append(time.perf_counter())
-        add_layers(result)
+        add_layers(result, **context)
 
-    widget._add_layers = timed_add_layers  # start() connects the worker to this attribute
+    widget._add_layers = timed_add_layers  # start() hands the worker's result to this attribute
     ticks: list[float] = []
     timer = QTimer()
     timer.setInterval(20)

@@ -52,8 +52,8 @@ def _seg2img_widget(viewer, model, layer):
     widget = GenerateFromLabelsWidget(viewer, model=str(model))
     viewer.window.add_dock_widget(widget, name="Generate from labels")
     widget._labels.value = layer
+    widget._sampler.value = "ddim"  # sets the steps to the pipeline's default: choose them after
     widget._steps.value = 2
-    widget._sampler.value = "ddim"
     return widget
 
 

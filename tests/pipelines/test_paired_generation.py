@@ -21,7 +21,7 @@ TINY = {"block_out_channels": (8, 16), "norm_num_groups": 4, "num_train_timestep
 
 def _pairs(paired: tuple[Path, Path], n: int = 3, **kwargs: object) -> list[tuple[Volume, LabelMap]]:
     guider, image_model = paired
-    return generate_pairs(n, guider=guider, image_model=image_model, **{**FAST, **kwargs})
+    return generate_pairs(n, guider=guider, image_model=image_model, **{**FAST, **kwargs}).pairs
 
 
 def _arrays(pairs: list[tuple[Volume, LabelMap]]) -> tuple[np.ndarray, np.ndarray]:
@@ -66,8 +66,19 @@ def test_progress_one_event_per_lock_step(tiny_paired: tuple[Path, Path]) -> Non
     events: list[ProgressEvent] = []
     pairs = run_job(generate_pairs_job(3, guider=guider, image_model=image_model, steps=3, batch_size=2),
                     events.append)
-    assert len(pairs) == 3
-    assert [e.step for e in events] == list(range(1, 7)) and {e.total for e in events} == {6}
+    assert len(pairs.pairs) == 3 and len(pairs.images) == len(pairs.masks) == 3
+    assert (events[0].step, events[0].total) == (0, None)
+    assert [e.step for e in events[1:]] == list(range(1, 7)) and {e.total for e in events[1:]} == {6}
+    assert events[1].message == "batch 1/2, step 1/6" and events[-1].message == "batch 2/2, step 6/6"
+    assert pairs.report["steps"] == 3 and pairs.report["n"] == 3
+
+
+def test_default_steps_come_from_the_pipeline(tiny_paired: tuple[Path, Path]) -> None:
+    from napari_medgen.pipelines.paired_generation import default_steps
+
+    guider, image_model = tiny_paired
+    assert default_steps(guider, "ddim") == 50 and default_steps(guider, "ddpm") == 100
+    assert default_steps() == 50  # the bundled guider, DDIM
 
 
 def test_multiclass_masks_use_the_class_values(tmp_path: Path) -> None:

@@ -24,9 +24,15 @@ from napari_medgen.pipelines.shape_generation import (
 MODEL = os.environ.get("MEDGEN_TEST_SHAPE_MODEL", "shape-gan-lesion")
 
 
+def shape_of(features: object = None, **options: object) -> LabelMap:
+    """`generate_shape`'s mask; one candidate unless a test sets ``candidates`` (selection is tested on its own)."""
+    options.setdefault("candidates", 1)
+    return generate_shape(features, **options).mask  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="module")
 def round_8cc() -> LabelMap:
-    return generate_shape({"VoxelVolume": 8000.0, "Sphericity": 0.7}, seed=3, model=MODEL)
+    return shape_of({"VoxelVolume": 8000.0, "Sphericity": 0.7}, seed=3, model=MODEL)
 
 
 def _centroid_mm(labels: LabelMap) -> np.ndarray:
@@ -49,14 +55,14 @@ def test_output_is_one_solid_centred_component_with_the_requested_volume(round_8
 
 
 def test_same_seed_same_mask_and_other_seeds_differ(round_8cc: LabelMap) -> None:
-    again = generate_shape({"VoxelVolume": 8000.0, "Sphericity": 0.7}, seed=3, model=MODEL)
+    again = shape_of({"VoxelVolume": 8000.0, "Sphericity": 0.7}, seed=3, model=MODEL)
     assert np.array_equal(again.array, round_8cc.array)
-    other = generate_shape({"VoxelVolume": 8000.0, "Sphericity": 0.7}, seed=4, model=MODEL)
+    other = shape_of({"VoxelVolume": 8000.0, "Sphericity": 0.7}, seed=4, model=MODEL)
     assert not np.array_equal(other.array, round_8cc.array)
 
 
 def test_anisotropic_spacing_grid() -> None:
-    labels = generate_shape(preset="medium", spacing=(0.7, 0.9, 3.0), seed=1, model=MODEL)
+    labels = shape_of(preset="medium", spacing=(0.7, 0.9, 3.0), seed=1, model=MODEL)
     assert labels.spacing == (0.7, 0.9, 3.0)
     assert all(n % 2 == 1 for n in labels.shape)
     extent = np.asarray(labels.size_xyz) * np.asarray(labels.spacing)
@@ -97,16 +103,16 @@ def test_unrequested_features_follow_the_requested_ones() -> None:
 )
 def test_bad_requests(features: dict, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
-        generate_shape(features, model=MODEL)
+        shape_of(features, model=MODEL)
 
 
 def test_bad_spacing_preset_and_crop() -> None:
     with pytest.raises(InvalidInputError, match="spacing"):
-        generate_shape(spacing=(1, 0, 1), model=MODEL)
+        shape_of(spacing=(1, 0, 1), model=MODEL)
     with pytest.raises(InvalidInputError, match="Unknown preset"):
-        generate_shape(preset="huge", model=MODEL)
+        shape_of(preset="huge", model=MODEL)
     with pytest.raises(InvalidInputError, match="too small"):
-        generate_shape({"VoxelVolume": 8000.0}, crop_size_mm=12.0, model=MODEL)
+        shape_of({"VoxelVolume": 8000.0}, crop_size_mm=12.0, model=MODEL)
 
 
 def test_controls_describe_the_intuitive_features() -> None:
@@ -137,9 +143,9 @@ def test_place_shape_on_an_oblique_reference(round_8cc: LabelMap) -> None:
 # ---- best-of-N candidate selection --------------------------------------------------------------------
 def test_single_candidate_is_the_previous_single_draw() -> None:
     """candidates=1 is the pre-selection behaviour: numbers pinned from the single-draw implementation."""
-    labels = generate_shape({"VoxelVolume": 8000.0, "Sphericity": 0.7}, seed=3, spacing=1.5, model=MODEL,
+    labels = shape_of({"VoxelVolume": 8000.0, "Sphericity": 0.7}, seed=3, spacing=1.5, model=MODEL,
                             candidates=1)
-    again = generate_shape({"VoxelVolume": 8000.0, "Sphericity": 0.7}, seed=3, spacing=1.5, model=MODEL,
+    again = shape_of({"VoxelVolume": 8000.0, "Sphericity": 0.7}, seed=3, spacing=1.5, model=MODEL,
                            candidates=1)
     assert np.array_equal(labels.array, again.array)
     assert labels.metadata["candidates"] == 1 and labels.metadata["chosen_candidate"] == 0
@@ -148,7 +154,7 @@ def test_single_candidate_is_the_previous_single_draw() -> None:
         assert labels.metadata["model_volume_mm3"] == pytest.approx(6863.0, abs=8.0)
         assert int((labels.array > 0).sum()) == pytest.approx(2373, abs=5)
     # the first of N candidates is that same draw (same noise; the batch changes only float rounding)
-    many = generate_shape({"VoxelVolume": 8000.0, "Sphericity": 0.7}, seed=3, spacing=1.5, model=MODEL,
+    many = shape_of({"VoxelVolume": 8000.0, "Sphericity": 0.7}, seed=3, spacing=1.5, model=MODEL,
                           candidates=4)
     single_error = sum(labels.metadata["match_errors"].values())
     assert many.metadata["candidate_match_errors"][0] == pytest.approx(single_error, abs=1e-6)
@@ -169,8 +175,8 @@ def test_noise_draws_extend_the_single_draw() -> None:
 def test_best_of_n_is_deterministic_and_improves_the_match() -> None:
     # without the principal-axis warp (which meets elongation for every candidate) selection must do the work
     request = {"VoxelVolume": 8000.0, "Elongation": 0.5}
-    first = generate_shape(request, seed=1, model=MODEL, candidates=8, match_axes=False)
-    second = generate_shape(request, seed=1, model=MODEL, candidates=8, match_axes=False)
+    first = shape_of(request, seed=1, model=MODEL, candidates=8, match_axes=False)
+    second = shape_of(request, seed=1, model=MODEL, candidates=8, match_axes=False)
     assert np.array_equal(first.array, second.array) and first.metadata == second.metadata
     meta = first.metadata
     totals = meta["candidate_match_errors"]
@@ -187,12 +193,12 @@ def test_best_of_n_is_deterministic_and_improves_the_match() -> None:
 
     got = shape_features(first.array > 0, first.spacing)
     assert abs(np.log(got["Elongation"] / 0.5)) == pytest.approx(meta["match_errors"]["Elongation"], abs=0.05)
-    other = generate_shape(request, seed=2, model=MODEL, candidates=8, match_axes=False)
+    other = shape_of(request, seed=2, model=MODEL, candidates=8, match_axes=False)
     assert not np.array_equal(other.array, first.array)
 
 
 def test_volume_only_request_keeps_the_first_draw() -> None:
-    labels = generate_shape({"VoxelVolume": 5000.0}, seed=2, spacing=2.0, model=MODEL, candidates=4)
+    labels = shape_of({"VoxelVolume": 5000.0}, seed=2, spacing=2.0, model=MODEL, candidates=4)
     assert labels.metadata["chosen_candidate"] == 0
     assert labels.metadata["candidate_match_errors"] == [pytest.approx(0.0, abs=1e-9)] * 4
 
@@ -214,7 +220,7 @@ def test_match_errors_account_for_the_volume_matching_scale() -> None:
 @pytest.mark.parametrize("bad", [0, -3, 2.5, "8", True, None])
 def test_bad_candidates(bad: object) -> None:
     with pytest.raises(InvalidInputError, match="candidates must be a whole number >= 1"):
-        generate_shape({"VoxelVolume": 5000.0}, model=MODEL, candidates=bad)  # type: ignore[arg-type]
+        shape_of({"VoxelVolume": 5000.0}, model=MODEL, candidates=bad)  # type: ignore[arg-type]
 
 
 def test_cli_shape_candidates(tmp_path) -> None:
@@ -229,7 +235,7 @@ def test_cli_shape_candidates(tmp_path) -> None:
             "--spacing", "2,2,2", "--model", MODEL]
     result = runner.invoke(app, [*args, "--candidates", "3"])
     assert result.exit_code == 0, result.output
-    expected = generate_shape({"VoxelVolume": 3000.0, "Elongation": 0.5}, seed=4, spacing=2.0, model=MODEL,
+    expected = shape_of({"VoxelVolume": 3000.0, "Elongation": 0.5}, seed=4, spacing=2.0, model=MODEL,
                               candidates=3)
     assert np.array_equal(io.read_labels(out).array, expected.array)
     bad = tmp_path / "bad.nii.gz"
@@ -255,7 +261,7 @@ def _solid_single_component(mask: np.ndarray) -> bool:
 
 @pytest.fixture(scope="module")
 def axes_8cc() -> LabelMap:
-    return generate_shape(AXES_REQUEST, seed=1, model=MODEL, candidates=4)
+    return shape_of(AXES_REQUEST, seed=1, model=MODEL, candidates=4)
 
 
 def test_axis_matching_meets_elongation_flatness_and_volume(axes_8cc: LabelMap) -> None:
@@ -285,14 +291,14 @@ def test_axis_matching_meets_elongation_flatness_and_volume(axes_8cc: LabelMap) 
 
 
 def test_axis_matching_is_deterministic(axes_8cc: LabelMap) -> None:
-    again = generate_shape(AXES_REQUEST, seed=1, model=MODEL, candidates=4)
+    again = shape_of(AXES_REQUEST, seed=1, model=MODEL, candidates=4)
     assert np.array_equal(again.array, axes_8cc.array) and again.metadata == axes_8cc.metadata
 
 
 def test_axis_matching_at_anisotropic_spacing(axes_8cc: LabelMap) -> None:
     from napari_medgen.radiomics.shape import shape_features
 
-    labels = generate_shape(AXES_REQUEST, seed=1, model=MODEL, candidates=4, spacing=(0.8, 0.8, 2.5))
+    labels = shape_of(AXES_REQUEST, seed=1, model=MODEL, candidates=4, spacing=(0.8, 0.8, 2.5))
     assert labels.spacing == (0.8, 0.8, 2.5) and all(n % 2 == 1 for n in labels.shape)
     assert labels.metadata["chosen_candidate"] == axes_8cc.metadata["chosen_candidate"]  # spacing: output only
     mask = labels.array > 0
@@ -306,7 +312,7 @@ def test_axis_matching_at_anisotropic_spacing(axes_8cc: LabelMap) -> None:
 def test_elongation_only_keeps_the_flatness_ratio() -> None:
     from napari_medgen.radiomics.shape import shape_features
 
-    labels = generate_shape({"VoxelVolume": 5000.0, "Elongation": 0.7}, seed=2, model=MODEL, candidates=4)
+    labels = shape_of({"VoxelVolume": 5000.0, "Elongation": 0.7}, seed=2, model=MODEL, candidates=4)
     meta = labels.metadata
     got = shape_features(labels.array > 0, labels.spacing)
     assert got["Elongation"] == pytest.approx(0.7, abs=0.02)
@@ -319,7 +325,7 @@ def test_elongation_only_keeps_the_flatness_ratio() -> None:
 def test_axis_matching_without_volume_matching_preserves_the_volume() -> None:
     from napari_medgen.radiomics.shape import shape_features
 
-    labels = generate_shape({"Elongation": 0.5, "Flatness": 0.4}, seed=1, model=MODEL, candidates=2,
+    labels = shape_of({"Elongation": 0.5, "Flatness": 0.4}, seed=1, model=MODEL, candidates=2,
                             match_volume=False)
     got = shape_features(labels.array > 0, labels.spacing)
     assert labels.metadata["volume_scale"] == 1.0
@@ -330,7 +336,7 @@ def test_axis_matching_without_volume_matching_preserves_the_volume() -> None:
 def test_clipped_axis_request_still_gives_a_valid_mask() -> None:
     from napari_medgen.radiomics.shape import shape_features
 
-    labels = generate_shape({"VoxelVolume": 5000.0, "Elongation": 0.1}, seed=0, model=MODEL, candidates=2)
+    labels = shape_of({"VoxelVolume": 5000.0, "Elongation": 0.1}, seed=0, model=MODEL, candidates=2)
     mask = labels.array > 0
     assert _solid_single_component(mask)
     meta = labels.metadata
@@ -348,7 +354,7 @@ def test_without_axis_matching_the_output_is_the_previous_one() -> None:
     """match_axes=False (and requests without Elongation/Flatness) take the code path of earlier versions:
     numbers pinned from the implementation before principal-axis matching."""
     request = {"VoxelVolume": 3000.0, "Elongation": 0.5, "Flatness": 0.4}
-    labels = generate_shape(request, seed=4, spacing=2.0, model=MODEL, candidates=3, match_axes=False)
+    labels = shape_of(request, seed=4, spacing=2.0, model=MODEL, candidates=3, match_axes=False)
     meta = labels.metadata
     assert meta["axis_matching"] is False and meta["axis_scales"] == [1.0, 1.0, 1.0] and not meta["axis_clipped"]
     if MODEL == "shape-gan-lesion":
@@ -356,12 +362,12 @@ def test_without_axis_matching_the_output_is_the_previous_one() -> None:
         assert meta["model_volume_mm3"] == pytest.approx(3589.0, abs=8.0)
         assert int((labels.array > 0).sum()) == pytest.approx(376, abs=3)
         assert meta["candidate_match_errors"] == pytest.approx([0.6458, 0.5996, 0.7626], abs=2e-3)
-    warped = generate_shape(request, seed=4, spacing=2.0, model=MODEL, candidates=3)
+    warped = shape_of(request, seed=4, spacing=2.0, model=MODEL, candidates=3)
     assert warped.metadata["axis_matching"] is True and not np.array_equal(warped.array, labels.array)
     # nothing to match on the axes: the flag changes nothing
     plain = {"VoxelVolume": 3000.0, "Sphericity": 0.7}
-    assert np.array_equal(generate_shape(plain, seed=4, spacing=2.0, model=MODEL, candidates=3).array,
-                          generate_shape(plain, seed=4, spacing=2.0, model=MODEL, candidates=3, match_axes=False).array)
+    assert np.array_equal(shape_of(plain, seed=4, spacing=2.0, model=MODEL, candidates=3).array,
+                          shape_of(plain, seed=4, spacing=2.0, model=MODEL, candidates=3, match_axes=False).array)
 
 
 @pytest.mark.parametrize(
@@ -418,7 +424,7 @@ def test_cli_shape_no_match_axes(tmp_path) -> None:
                                       "Elongation=0.5", "--seed", "4", "--spacing", "2,2,2", "--model", MODEL,
                                       "--candidates", "2", "--no-match-axes"])
     assert result.exit_code == 0, result.output
-    expected = generate_shape({"VoxelVolume": 3000.0, "Elongation": 0.5}, seed=4, spacing=2.0, model=MODEL,
+    expected = shape_of({"VoxelVolume": 3000.0, "Elongation": 0.5}, seed=4, spacing=2.0, model=MODEL,
                               candidates=2, match_axes=False)
     assert np.array_equal(io.read_labels(out).array, expected.array)
 
@@ -429,7 +435,7 @@ BRATS_MODEL = "shape-gan-brats"
 
 @pytest.mark.parametrize("necrosis_mm3", [2000.0, 12000.0])
 def test_brats_model_nests_the_necrotic_core_inside_the_tumour(necrosis_mm3: float) -> None:
-    labels = generate_shape({"VoxelVolume": 30000.0, "necrotic_core/VoxelVolume": necrosis_mm3}, seed=0,
+    labels = shape_of({"VoxelVolume": 30000.0, "necrotic_core/VoxelVolume": necrosis_mm3}, seed=0,
                             model=BRATS_MODEL, candidates=4)
     arr = labels.array
     assert set(np.unique(arr).tolist()) == {0, 1, 2}
@@ -443,7 +449,7 @@ def test_brats_model_nests_the_necrotic_core_inside_the_tumour(necrosis_mm3: flo
 
 
 def test_brats_model_follows_the_requested_necrotic_volume() -> None:
-    cores = [np.count_nonzero(generate_shape({"VoxelVolume": 30000.0, "necrotic_core/VoxelVolume": v}, seed=0,
+    cores = [np.count_nonzero(shape_of({"VoxelVolume": 30000.0, "necrotic_core/VoxelVolume": v}, seed=0,
                                              model=BRATS_MODEL, candidates=4).array == 1)
              for v in (2000.0, 12000.0)]
     assert cores[1] > 1.5 * cores[0]  # loosely followed (4 training tumours), but clearly in the right direction
@@ -451,8 +457,36 @@ def test_brats_model_follows_the_requested_necrotic_volume() -> None:
 
 def test_inner_region_names_are_checked() -> None:
     with pytest.raises(InvalidInputError, match="Unknown region 'edema'"):
-        generate_shape({"edema/VoxelVolume": 1000.0}, model=BRATS_MODEL)
+        shape_of({"edema/VoxelVolume": 1000.0}, model=BRATS_MODEL)
     with pytest.raises(InvalidInputError, match="this model has one region"):
-        generate_shape({"necrotic_core/VoxelVolume": 1000.0}, model=MODEL)
+        shape_of({"necrotic_core/VoxelVolume": 1000.0}, model=MODEL)
     with pytest.raises(InvalidInputError, match="Sphericity must lie in"):
-        generate_shape({"necrotic_core/Sphericity": 1.5}, model=BRATS_MODEL)
+        shape_of({"necrotic_core/Sphericity": 1.5}, model=BRATS_MODEL)
+
+
+def test_job_reports_each_stage_and_cancels_with_nothing_returned() -> None:
+    from napari_medgen.core.progress import CancelToken, run_job
+    from napari_medgen.errors import CancelledError
+    from napari_medgen.pipelines.shape_generation import ShapeResult, generate_shape_job
+
+    events: list = []
+    result = run_job(generate_shape_job({"VoxelVolume": 3000.0}, model=MODEL, candidates=1, spacing=2.0),
+                     events.append)
+    assert isinstance(result, ShapeResult) and result.report == dict(result.mask.metadata)
+    assert [e.step for e in events] == [0, 1, 2, 3, 4] and all(e.total == 4 for e in events)
+    token = CancelToken()
+
+    def cancel_after_first(event: object) -> None:
+        token.cancel()
+
+    with pytest.raises(CancelledError):
+        run_job(generate_shape_job({"VoxelVolume": 3000.0}, model=MODEL, candidates=1), cancel_after_first, token)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_absent_device_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InvalidInputError, match="'cuda' was requested but CUDA is not available"):
+        shape_of({"VoxelVolume": 3000.0}, model=MODEL, device="cuda")
+    monkeypatch.setenv("MEDGEN_DEVICE", "cuda:1")
+    with pytest.raises(InvalidInputError, match="'cuda:1' was requested"):
+        shape_of({"VoxelVolume": 3000.0}, model=MODEL)

@@ -17,7 +17,7 @@ FAST = {"steps": 2}
 
 
 def _gen(labels: LabelMap, model: Path, **kwargs: object) -> Volume:
-    return generate_from_labels(labels, model=model, **{**FAST, **kwargs})
+    return generate_from_labels(labels, model=model, **{**FAST, **kwargs}).image
 
 
 # ---- geometry, axes, determinism --------------------------------------------------------------------
@@ -80,7 +80,20 @@ def test_progress_one_event_per_step_of_each_batch(oblique_labels: LabelMap, tin
     events: list[ProgressEvent] = []
     # labels occupy z slices 2, 3, 4: three slices in batches of 2 -> 2 batches x 3 steps
     run_job(generate_from_labels_job(oblique_labels, model=tiny_seg2img, steps=3, batch_size=2), events.append)
-    assert [e.step for e in events] == list(range(1, 7)) and {e.total for e in events} == {6}
+    assert (events[0].step, events[0].total, events[0].message) == (0, None, "loading model")
+    assert [e.step for e in events[1:]] == list(range(1, 7)) and {e.total for e in events[1:]} == {6}
+
+
+def test_result_report_and_default_steps(oblique_labels: LabelMap, tiny_seg2img: Path) -> None:
+    from napari_medgen.pipelines.slice_generation import SliceResult, default_steps
+
+    assert default_steps(tiny_seg2img, "dpmpp") == 20 and default_steps(tiny_seg2img, "ddpm") == 100  # schedule: 100
+    assert default_steps() == 20 and default_steps(sampler="ddim") == 50
+    result = generate_from_labels(oblique_labels, model=tiny_seg2img, sampler="ddim", steps=None, batch_size=8)
+    assert isinstance(result, SliceResult) and result.report["steps"] == 50
+    assert result.report == dict(result.image.metadata)
+    with pytest.raises(InvalidInputError, match="Unknown sampler"):
+        default_steps(tiny_seg2img, "euler")
 
 
 # ---- empty slices, dropped classes, references -------------------------------------------------------

@@ -379,3 +379,20 @@ def test_cancelling_after_the_first_event_raises_and_leaves_the_input(scan, tiny
     assert_unchanged(before, image, labels)
     with pytest.raises(StopIteration):  # the job was closed: it cannot deliver a half-made result later
         next(job)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("operation", ["synthesize", "remove"])
+def test_an_absent_device_is_refused_before_any_work(scan, tiny_bridge: Path, operation: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    image, labels = scan
+    before = snapshot(image, labels)
+    call = {"synthesize": lambda **k: ts.synthesize_job(image, shape=labels, model=tiny_bridge, **k),
+            "remove": lambda **k: ts.remove_job(image, labels, model=tiny_bridge, **k)}[operation]
+    job = call(device="cuda", **FAST)
+    with pytest.raises(InvalidInputError, match="'cuda' was requested but CUDA is not available"):
+        next(job)
+    monkeypatch.setenv("MEDGEN_DEVICE", "cuda")
+    with pytest.raises(InvalidInputError, match="MEDGEN_DEVICE"):
+        run_job(call(**FAST))
+    assert_unchanged(before, image, labels)

@@ -395,6 +395,7 @@ def test_from_config_refuses_foreign_or_unknown_keys() -> None:
         BrownianBridgeScheduler.from_config({"objective": "velocity"})
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_tensors_with_cpu_generator() -> None:
     scheduler = BrownianBridgeScheduler(eta=1.0)

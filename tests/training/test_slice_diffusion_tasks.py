@@ -146,7 +146,7 @@ def test_paired_guider_then_image_model_on_its_estimates(tmp_path: Path, png_dat
     # the pair works together in the paired sampler
     from napari_medgen.pipelines.paired_generation import generate_pairs
 
-    pairs = generate_pairs(2, guider=guider_dir, image_model=image_dir, steps=2)
+    pairs = generate_pairs(2, guider=guider_dir, image_model=image_dir, steps=2).pairs
     assert len(pairs) == 2 and image_model.class_values == guider.class_values
 
 

@@ -32,7 +32,7 @@ from napari_medgen.radiomics.texture_condition import TEXTURE_SETTINGS, texture_
 from napari_medgen.schedulers.brownian_bridge import MT_SCHEDULES, OBJECTIVES
 from napari_medgen.training.bridge_dataset import FILL_VALUE, BridgePatches
 from napari_medgen.training.config import TrainConfig
-from napari_medgen.training.datasets import CasePair, CaseSplit, describe_pairs
+from napari_medgen.training.datasets import CasePair, describe_pairs
 from napari_medgen.training.task import LossDict, TrainingTask
 from napari_medgen.training.tasks import register_task
 from napari_medgen.training.tasks.vqgan import psnr
@@ -112,17 +112,9 @@ class BridgeTask(TrainingTask):
 
     def __init__(self, config: TrainConfig, where: str = "the config") -> None:
         super().__init__(config, where)
-        self._cases = CaseSplit(self.data_config)
         self._dataset: BridgePatches | None = None
         self._vqgan: VQGAN | None = None
         self._make_bridge()  # fail on a bad architecture or VQ-GAN before any data are read
-
-    # ---- data -------------------------------------------------------------------------------------
-    def _data(self) -> tuple[list[CasePair], dict[str, list[str]]]:
-        return self._cases.all()
-
-    def _split_pairs(self, name: str) -> list[CasePair]:
-        return self._cases.pairs(name)
 
     def _patches(self, pairs: list[CasePair], count: int, pool: int, seed: int,
                  normalizer: FeatureNormalizer | None = None) -> BridgePatches:

@@ -20,14 +20,11 @@ from napari_medgen.errors import ConfigError, InvalidInputError
 from napari_medgen.models.segmenter import Segmenter, check_normalization, normalize_intensity
 from napari_medgen.training.config import TrainConfig
 from napari_medgen.training.datasets import (
-    CasePair,
     MulticlassRelabel,
     PatchDataset,
     binary_relabel,
     describe_pairs,
-    find_pairs,
     load_case,
-    split_cases,
 )
 from napari_medgen.training.task import LossDict, TrainingTask
 from napari_medgen.training.tasks import register_task
@@ -111,24 +108,7 @@ class SegmenterTask(TrainingTask):
         super().__init__(config, where)
         data: SegmenterDataConfig = self.data_config
         self.num_classes = 2 if data.label_mode == "binary" else data.num_classes
-        self._pairs: list[CasePair] | None = None
-        self._splits: dict[str, list[str]] | None = None
         self._loss: nn.Module | None = None
-
-    # ---- data -----------------------------------------------------------------------------------
-    def _data(self) -> tuple[list[CasePair], dict[str, list[str]]]:
-        if self._pairs is None or self._splits is None:
-            d: SegmenterDataConfig = self.data_config
-            self._pairs = find_pairs(d.root, case_image=d.case_image, case_label=d.case_label,
-                                     allow_unpaired=d.allow_unpaired)
-            self._splits = split_cases([p.case_id for p in self._pairs], val_fraction=d.val_fraction,
-                                       test_fraction=d.test_fraction, seed=d.split_seed, group_by=d.group_by)
-        return self._pairs, self._splits
-
-    def _split_pairs(self, name: str) -> list[CasePair]:
-        pairs, splits = self._data()
-        wanted = set(splits[name])
-        return [p for p in pairs if p.case_id in wanted]
 
     def _relabel(self) -> Any:
         return binary_relabel if self.data_config.label_mode == "binary" else MulticlassRelabel(self.num_classes)

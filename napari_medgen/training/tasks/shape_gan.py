@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_medgen.core.atomic import atomic_file
+from napari_medgen.core.masks import clean_mask
 from napari_medgen.errors import ConfigError, InvalidInputError
 from napari_medgen.models.shape_gan import ShapeDiscriminator, ShapeGenerator, shape_statistics
 from napari_medgen.radiomics.conditioning import REGION_PRESETS, FeatureNormalizer
@@ -234,19 +236,6 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     ])
 
 
-def clean_mask(mask: np.ndarray) -> np.ndarray:
-    """Largest 26-connected component with internal holes filled (a single solid tumour)."""
-    from scipy import ndimage
-
-    if not mask.any():
-        return mask.astype(bool)
-    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if count > 1:
-        sizes = np.bincount(components.ravel())[1:]
-        mask = components == (int(np.argmax(sizes)) + 1)
-    return ndimage.binary_fill_holes(mask)
-
-
 @functools.lru_cache(maxsize=4)
 def _grid_points(size: int, spacing: float) -> np.ndarray:
     """Physical (x, y, z) centres of a size^3 grid centred at the origin, in (z, y, x) voxel order."""
@@ -396,13 +385,8 @@ def build_shape_bank(data: ShapeGanDataConfig, cache_dir: Path | None = None) ->
         "files": np.array([f for f, _ in files]),
     }
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
-        try:
-            np.savez_compressed(tmp, **bank)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_file(path) as tmp, open(tmp, "wb") as handle:  # a handle: numpy must not append ".npz"
+            np.savez_compressed(handle, **bank)
     return bank
 
 

@@ -41,7 +41,6 @@ from napari_medgen.models.vqgan import VQGAN, check_vqgan_normalization, normali
 from napari_medgen.training.config import TrainConfig
 from napari_medgen.training.datasets import (
     CasePair,
-    CaseSplit,
     PatchDataset,
     binary_relabel,
     describe_pairs,
@@ -223,20 +222,12 @@ class VQGANTask(TrainingTask):
 
     def __init__(self, config: TrainConfig, where: str = "the config") -> None:
         super().__init__(config, where)
-        self._cases = CaseSplit(self.data_config)
         self._fakes: list[torch.Tensor] = []  # reconstructions of this step's micro-batches, for the discriminator
         self._fakes_step = -1
         self._reset_step = -1
         self._adversarial: nn.Module | None = None
         self._eval_stats: dict[str, Any] = {}
         self._make_vqgan()  # fail on a bad architecture before any data are read or folders made
-
-    # ---- data -----------------------------------------------------------------------------------
-    def _data(self) -> tuple[list[CasePair], dict[str, list[str]]]:
-        return self._cases.all()
-
-    def _split_pairs(self, name: str) -> list[CasePair]:
-        return self._cases.pairs(name)
 
     def _patches(self, pairs: list[CasePair], count: int) -> PatchDataset:
         d: VQGANDataConfig = self.data_config

@@ -1,0 +1,3 @@
+from napari_medgen.cli import main
+
+main()

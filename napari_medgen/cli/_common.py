@@ -1,0 +1,139 @@
+"""What every `medgen` command shares: the typer app, the progress runner, one-line errors, the --device
+check, option parsing and output checks."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from napari_medgen.core.progress import CancelToken, Job, ProgressEvent, run_job
+from napari_medgen.errors import CancelledError, MedGenError
+
+if TYPE_CHECKING:
+    import torch
+
+    from napari_medgen.core.volume import LabelMap
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="medgen",
+    help="Controllable synthesis of tumours and anatomy in medical images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+# options shared by several commands
+DeviceOption = Annotated[str | None, typer.Option(
+    "--device", help="auto|cpu|cuda|cuda:N|mps (default: $MEDGEN_DEVICE, else auto: cuda > mps > cpu)."
+)]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q")]
+
+
+def run_with_progress(job: Job[T], description: str, quiet: bool = False) -> T:
+    """Drive a job with a rich progress bar (one task per stage); Ctrl-C cancels cleanly."""
+    if quiet or not sys.stderr.isatty():
+        return _run_with_log(job, quiet)
+    cancel = CancelToken()
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[message]}"),
+        console=console,
+        transient=False,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(event: ProgressEvent) -> None:
+            stage = event.stage or description
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=event.total, message="")
+            bar.update(tasks[stage], completed=event.step, total=event.total, message=event.message)
+
+        try:
+            return run_job(job, update, cancel)
+        except KeyboardInterrupt:
+            cancel.cancel()
+            job.close()
+            raise CancelledError("Interrupted; no output was written.") from None
+
+
+def _run_with_log(job: Job[T], quiet: bool) -> T:
+    """Non-interactive progress: one line per stage change (logs stay readable in CI and Slicer)."""
+    last_stage: list[str] = []
+
+    def update(event: ProgressEvent) -> None:
+        if quiet:
+            return
+        if not last_stage or last_stage[-1] != event.stage:
+            last_stage.append(event.stage)
+            console.print(f"[dim]{event.stage}...[/dim]")
+
+    return run_job(job, update)
+
+
+def fail(error: Exception) -> NoReturn:
+    """The error as one red line (never wrapped) and exit code 2."""
+    console.print(f"[bold red]error:[/bold red] {error}", soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def use_device(device: str | None) -> torch.device:
+    """The device a model command runs on (`core.device.select_device`: --device > $MEDGEN_DEVICE > auto).
+    Called first, before any file is read or model loaded, so an unavailable device fails at once."""
+    from napari_medgen.core.device import select_device
+
+    try:
+        return select_device(device)
+    except MedGenError as error:
+        fail(error)
+
+
+def floats(text: str, name: str, count: int = 3) -> tuple[float, ...]:
+    """Parse 'a,b,c' options (spacing, centres) with a clear message."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise MedGenError(f"{name} needs {count} comma-separated numbers (e.g. 1,1,2.5); got '{text}'.")
+    return values
+
+
+def named_floats(items: list[str] | None, option: str, example: str) -> dict[str, float]:
+    """``--set Name=value`` style pairs as floats."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise MedGenError(f"{option} needs Name=number (e.g. {example}); got '{item}'.")
+    return out
+
+
+def feature_settings(items: list[str] | None) -> dict[str, float]:
+    """``--set Name=value`` pairs (pyradiomics feature names) as floats."""
+    return named_floats(items, "--set", "VoxelVolume=8000")
+
+
+def check_seed(seed: int) -> None:
+    if seed < 0:
+        raise MedGenError(f"--seed must be 0 or a positive integer; got {seed}.")
+
+
+def tumour_summary(labels: LabelMap) -> str:
+    voxels = int(np.count_nonzero(labels.array))
+    return f"{voxels} voxels ({voxels * float(np.prod(labels.spacing)):.0f} mm3)"
+

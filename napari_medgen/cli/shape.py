@@ -1,0 +1,62 @@
+"""`medgen shape`: a tumour mask with requested shape features (the shape GAN)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from napari_medgen.cli._common import DeviceOption, app, console, fail, feature_settings, floats, use_device
+from napari_medgen.errors import MedGenError
+
+
+@app.command()
+def shape(
+    out: Annotated[Path, typer.Option("--out", help="Output mask file (.nii.gz, .nrrd, .seg.nrrd, ...).")],
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Requested shape feature (pyradiomics name), e.g. --set VoxelVolume=8000 --set Sphericity=0.8."
+    )] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="Named request, e.g. medium-round.")] = None,
+    spacing: Annotated[str, typer.Option("--spacing", help="Output voxel size SX,SY,SZ in mm.")] = "1,1,1",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same mask).")] = 0,
+    model: Annotated[str | None, typer.Option("--model", help="Bundled model name or checkpoint folder.")] = None,
+    candidates: Annotated[int | None, typer.Option(
+        "--candidates", help="Noise draws tried; the one matching the request best is kept (default 16; 1 = one draw)."
+    )] = None,
+    match_axes: Annotated[bool, typer.Option(
+        "--match-axes/--no-match-axes",
+        help="Stretch the shape along its principal axes to the requested Elongation/Flatness (default on).",
+    )] = True,
+    reference: Annotated[Path | None, typer.Option(
+        "--reference", help="Place the mask into this image's grid (needs --center-mm)."
+    )] = None,
+    center_mm: Annotated[str | None, typer.Option("--center-mm", help="Tumour centre X,Y,Z (LPS mm).")] = None,
+    device: DeviceOption = None,
+) -> None:
+    """Generate a tumour mask with requested shape features (volume, sphericity, ...)."""
+    target = use_device(device)
+    from napari_medgen.core import io
+    from napari_medgen.pipelines.shape_generation import (
+        DEFAULT_CANDIDATES,
+        DEFAULT_MODEL,
+        generate_shape,
+        place_shape,
+    )
+
+    try:
+        features = feature_settings(set_)
+        mask = generate_shape(features or None, preset=preset, spacing=floats(spacing, "--spacing"), seed=seed,
+                              model=model or DEFAULT_MODEL,
+                              candidates=DEFAULT_CANDIDATES if candidates is None else candidates,
+                              match_axes=match_axes, device=target).mask
+        if reference is not None or center_mm is not None:
+            if reference is None or center_mm is None:
+                raise MedGenError("--reference and --center-mm go together: the image grid and the point in it.")
+            mask = place_shape(mask, io.read_volume(reference), floats(center_mm, "--center-mm"))
+        io.write_volume(mask, out)
+    except MedGenError as error:
+        fail(error)
+    volume = float((mask.array > 0).sum() * np.prod(mask.spacing))
+    console.print(f"wrote {out}: {volume:.0f} mm3 of tumour on a {mask.shape[::-1]} grid, spacing {mask.spacing}")
