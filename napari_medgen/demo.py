@@ -121,7 +121,7 @@ def _slice_diffusion_demo(brain: Volume, tumour: LabelMap, out: Path, outputs: l
     }
 
 
-DEMO_TEXTURE = {"steps": 25, "seed": 0}  # the pipeline default (docs/benchmarks.md: as good as 200)
+DEMO_EDIT = {"seed": 0, "edema_mm": (4.0, 10.0)}  # brain editor: necrotic core, enhancing rim, edema shell
 
 
 def _feature_agreement(requested: dict[str, float], measured: dict[str, float], normalizer: Any) -> dict[str, Any]:
@@ -144,21 +144,18 @@ def _feature_agreement(requested: dict[str, float], measured: dict[str, float], 
 
 
 def _texture_demo(brain: Volume, tumour: LabelMap, out: Path, outputs: list[str]) -> dict[str, Any]:
-    """The shape-GAN tumour painted into the brain by the texture bridge (default texture), then removed again
-    (self-attention path); volumes, masks, a montage (rows: before, synthesized, synthesized with its mask, removed)
-    and the agreement of requested and re-extracted features."""
+    """The shape-GAN tumour turned into a glioma with sub-regions by the brain editor (necrotic core, enhancing rim,
+    edema; fitted T1c appearance), then removed again by learned inpainting; volumes, masks, a montage (rows: before,
+    synthesized, synthesized with its sub-regions, removed) and the intensities of each sub-region."""
     from scipy import ndimage
 
-    from napari_medgen.hub import load_cached
     from napari_medgen.pipelines import tumor_synthesis as ts
-    from napari_medgen.radiomics import extract_features
-    from napari_medgen.radiomics.conditioning import FeatureNormalizer
 
     t0 = time.perf_counter()
-    synth = ts.synthesize(brain, shape=tumour, **DEMO_TEXTURE)
+    synth = ts.synthesize(brain, shape=tumour, **DEMO_EDIT)
     synth_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    removed = ts.remove(synth.image, synth.labels, **DEMO_TEXTURE)
+    removed = ts.remove(synth.image, synth.labels)
     remove_seconds = time.perf_counter() - t0
     io.write_volume(synth.image, out / "mni152_synth.nii.gz")
     io.write_volume(synth.labels, out / "mni152_synth_mask.nii.gz")
@@ -167,26 +164,30 @@ def _texture_demo(brain: Volume, tumour: LabelMap, out: Path, outputs: list[str]
                       [(brain, None), (synth.image, None), (synth.image, synth.labels), (removed.image, None)])
     outputs.extend(["mni152_synth.nii.gz", "mni152_synth_mask.nii.gz", "mni152_removed.nii.gz",
                     "mni152_synth_montage.png"])
-    net = load_cached(ts.DEFAULT_MODEL, expected_type="bridge-unet")
-    normalizer = FeatureNormalizer.from_dict(net.hub_extra["feature_normalizer"])
-    measured = ts.measure_texture(synth.image, synth.labels)
-    shape = extract_features(synth.image, synth.labels, 1, feature_classes=["shape"])
-    region = synth.labels.array > 0
+    labels = np.asarray(synth.labels.array)
+    region = labels > 0
+    image = np.asarray(synth.image.array, dtype=float)
     before, after = np.asarray(brain.array, dtype=float), np.asarray(removed.image.array, dtype=float)
+    brain_voxels = before[(before > before.min()) & ~region]
     changed = np.asarray(synth.image.array) != np.asarray(brain.array)
     beyond = ndimage.distance_transform_edt(~region, sampling=brain.spacing_zyx) > synth.report["blend_mm"]
+    voxel_cm3 = float(np.prod(brain.spacing)) / 1000.0
     return {
         "model": ts.DEFAULT_MODEL,
-        **DEMO_TEXTURE,
+        **DEMO_EDIT,
         "synthesize_seconds": round(synth_seconds, 3),
         "remove_seconds": round(remove_seconds, 3),
         "requested_shape": DEMO_SHAPE_REQUEST,
-        "re_extracted_shape": {"VoxelVolume": shape["original_shape_VoxelVolume"],
-                               "Sphericity": shape["original_shape_Sphericity"]},
-        "texture_default_vs_re_extracted": _feature_agreement(synth.report["texture_requested"], measured,
-                                                              normalizer),
+        "subregions_cm3": {name: round(count * voxel_cm3, 2) for name, count in
+                           synth.report["subregion_voxels"].items()},
+        # brightness of each painted sub-region relative to the healthy brain (median, IQR units): a T1c glioma has
+        # a bright enhancing rim, a dark necrotic core and slightly dark edema
+        "subregion_contrast": {name: round(float((np.median(image[labels == value]) - np.median(brain_voxels))
+                                                 / np.subtract(*np.percentile(brain_voxels, [75, 25]))), 3)
+                               for name, value in (("necrotic_core", 1), ("edema", 2), ("enhancing_tumour", 4))
+                               if np.any(labels == value)},
         "removal": {"region_mean_before_synthesis": float(before[region].mean()),
-                    "region_mean_synthesized": float(np.asarray(synth.image.array, dtype=float)[region].mean()),
+                    "region_mean_synthesized": float(image[region].mean()),
                     "region_mean_after_removal": float(after[region].mean()),
                     "mean_abs_difference_to_original_in_region": float(np.abs(after - before)[region].mean())},
         "voxels_changed_beyond_blend_band": int(np.sum(changed & beyond)),
@@ -263,7 +264,7 @@ def run_demo(out_dir: str | Path) -> Job[dict[str, Any]]:
     shape_report, placed = _shape_demo(brain, out, outputs)
     yield ProgressEvent(7, total, "demo", "images from labels around the tumour (seg2img) and paired generation")
     diffusion_report = _slice_diffusion_demo(brain, placed, out, outputs)
-    yield ProgressEvent(8, total, "demo", "painting the tumour into the brain and removing it (texture bridge)")
+    yield ProgressEvent(8, total, "demo", "painting the tumour into the brain and removing it (brain editor)")
     texture_report = _texture_demo(brain, placed, out, outputs)
     yield ProgressEvent(9, total, "demo", "writing the report")
 

@@ -178,3 +178,41 @@ def brain_phantom() -> tuple[Volume, LabelMap]:
     from napari_medgen.sample_data import make_phantom
 
     return make_phantom(shape=(48, 48, 48), spacing=(1.0, 1.0, 1.0), tumour_radius_mm=7.0)
+
+
+def brats_phantom(shape: tuple[int, int, int] = (48, 48, 48)) -> tuple[Volume, LabelMap]:
+    """The phantom head with its tumour relabelled the BraTS way: 1 necrotic core, 4 enhancing rim, 2 edema shell."""
+    from scipy import ndimage
+
+    from napari_medgen.sample_data import make_phantom
+
+    image, labels = make_phantom(shape=shape, spacing=(1.0, 1.0, 1.0), tumour_radius_mm=7.0)
+    arr = np.asarray(labels.array)
+    brats = np.select([arr == 2, arr == 1], [1, 4], 0).astype(np.uint8)
+    shell = ndimage.binary_dilation(arr > 0, iterations=3) & (arr == 0)
+    brats[shell] = 2
+    return image, image.as_labels(brats)
+
+
+def make_tiny_editor_checkpoint(folder: Path) -> Path:
+    """A tiny, untrained brain-editor checkpoint (Inpainter) with glioma appearance fitted on the BraTS phantom."""
+    import torch
+
+    from napari_medgen.core.inpainting import default_brain_mask
+    from napari_medgen.models.inpainter import Inpainter, brain_range
+    from napari_medgen.models.tumour_appearance import fit_appearance
+
+    image, labels = brats_phantom()
+    arr = np.asarray(image.array, dtype=np.float32)
+    tumour = np.asarray(labels.array) > 0
+    low, high = brain_range(arr, tumour, default_brain_mask(arr, tumour))
+    appearance = fit_appearance([((arr - low) / (high - low), np.asarray(labels.array), (1.0, 1.0, 1.0))])
+    torch.manual_seed(0)
+    model = Inpainter(channels=(4, 8), crop_size=16, work_mm=3.0)
+    return model.save_pretrained(folder, extra={"appearance": {"T1c": appearance}})
+
+
+@pytest.fixture(scope="session")
+def tiny_editor(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a tiny brain-editor checkpoint (see `make_tiny_editor_checkpoint`)."""
+    return make_tiny_editor_checkpoint(tmp_path_factory.mktemp("tiny-editor") / "model")

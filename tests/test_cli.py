@@ -83,13 +83,17 @@ def test_demo_writes_outputs_and_exact_round_trips(tmp_path: Path) -> None:
     assert synthetic.same_grid(labels) and synthetic.spacing == brain.spacing
     assert set(np.unique(labels.array)) <= {0, 1, 2, 4, 5} and {2, 4, 5} <= set(np.unique(labels.array))
     assert report["slice_diffusion"]["paired"]["n"] == 8
-    # the texture bridge painted the shape-GAN tumour into the brain and removed it again, on the brain's grid,
-    # leaving every voxel beyond the blend band untouched
+    # the brain editor turned the shape-GAN tumour into a glioma (necrotic core, enhancing rim, edema) and removed
+    # it again, on the brain's grid, leaving every voxel beyond the blend band untouched
     synth = report["tumour_synthesis"]
     assert synth["grid_identical"] is True and synth["voxels_changed_beyond_blend_band"] == 0
     image, mask = io.read_volume(out / "mni152_synth.nii.gz"), io.read_labels(out / "mni152_synth_mask.nii.gz")
     assert image.same_grid(brain) and mask.same_grid(brain) and image.array.dtype == brain.array.dtype
-    assert abs(synth["re_extracted_shape"]["VoxelVolume"] - 8000.0) < 0.2 * 8000.0
+    assert set(np.unique(mask.array)) == {0, 1, 2, 4}
+    core = synth["subregions_cm3"]["necrotic_core"] + synth["subregions_cm3"]["enhancing_tumour"]
+    assert abs(core - 8.0) < 0.2 * 8.0
+    contrast = synth["subregion_contrast"]
+    assert contrast["enhancing_tumour"] > contrast["edema"] and contrast["enhancing_tumour"] > contrast["necrotic_core"]
     assert not np.array_equal(image.array, brain.array)
     removed = io.read_volume(out / "mni152_removed.nii.gz")
     assert removed.same_grid(brain) and not np.array_equal(removed.array, image.array)

@@ -246,3 +246,90 @@ def test_batch_writes_variants_and_manifest_deterministically(
         assert (second / mask_name).read_bytes() == (first / mask_name).read_bytes()
     manifest = json.loads((second / "manifest-rank1.json").read_text(encoding="utf-8"))
     assert manifest["cases"] == ["case_b"] and manifest["process_index"] == 1 and manifest["complete"] is True
+
+
+# ---- the brain editor (tiny untrained checkpoint: learned inpainting + glioma appearance) --------------------
+@pytest.fixture
+def brats_files(tmp_path: Path) -> tuple[Path, Path]:
+    from tests.conftest import brats_phantom
+
+    image, labels = brats_phantom()
+    return io.write_volume(image, tmp_path / "brain.nii.gz"), io.write_volume(labels, tmp_path / "brain_seg.nii.gz")
+
+
+def test_editor_synth_writes_brats_labels_on_the_scan_grid(tmp_path: Path, brats_files: tuple[Path, Path],
+                                                           tiny_editor: Path) -> None:
+    source = io.read_volume(brats_files[0])
+    centre = index_to_physical(source, np.array([24.0, 24.0, 24.0]))
+    out, mask_out, report = tmp_path / "glioma.nii.gz", tmp_path / "glioma_seg.nii.gz", tmp_path / "r.json"
+    result = _invoke("synth", brats_files[0], "--center-mm", ",".join(f"{v:.3f}" for v in centre),
+                     "--set", "VoxelVolume=2500", "--edema-mm", "2,4", "--texture", "enhancing/mean=0.9",
+                     "--sequence", "T1c", "--out", out, "--mask-out", mask_out, "--report", report,
+                     "--model", tiny_editor, "--seed", "3", "--quiet")
+    assert result.exit_code == 0, _text(result)
+    text = _text(result)
+    assert "necrotic core (1)" in text and "enhancing (4)" in text and "edema (2)" in text and "cm3" in text
+    edited, mask = io.read_volume(out), io.read_labels(mask_out)
+    for written in (edited, mask):
+        assert written.shape == source.shape and written.same_grid(source, 1e-5)
+    assert edited.array.dtype == source.array.dtype
+    values = set(np.unique(mask.array).tolist())
+    assert values <= {0, 1, 2, 4} and {1, 2, 4} <= values
+    assert not np.array_equal(edited.array[mask.array > 0], source.array[mask.array > 0])
+    data = json.loads(report.read_text(encoding="utf-8"))
+    assert data["operation"] == "synthesize" and data["sequence"] == "T1c" and data["edema_mm"] == [2.0, 4.0]
+    assert data["texture_controls"] == {"enhancing/mean": 0.9}
+
+
+def test_editor_synth_splits_a_one_label_shape_without_edema(tmp_path: Path, brats_files: tuple[Path, Path],
+                                                             tiny_editor: Path) -> None:
+    labels = io.read_labels(brats_files[1])
+    core = np.isin(labels.array, (1, 4)).astype(np.uint8)
+    shape_file = io.write_volume(labels.with_array(core), tmp_path / "core.nii.gz")
+    mask_out = tmp_path / "m.nii.gz"
+    result = _invoke("synth", brats_files[0], "--shape", shape_file, "--no-edema", "--necrotic-fraction", "0.3",
+                     "--out", tmp_path / "o.nii.gz", "--mask-out", mask_out, "--model", tiny_editor, "--quiet")
+    assert result.exit_code == 0, _text(result)
+    written = io.read_labels(mask_out).array
+    assert set(np.unique(written).tolist()) == {0, 1, 4}
+    np.testing.assert_array_equal(written > 0, core > 0)
+
+
+def test_editor_remove_inpaints_without_steps(tmp_path: Path, brats_files: tuple[Path, Path],
+                                             tiny_editor: Path) -> None:
+    source = io.read_volume(brats_files[0])
+    out, left = tmp_path / "removed.nii.gz", tmp_path / "left.nii.gz"
+    result = _invoke("remove", *brats_files, "--out", out, "--mask-out", left, "--model", tiny_editor, "--quiet")
+    assert result.exit_code == 0, _text(result)
+    text = _text(result)
+    assert "labels left: none" in text and "necrotic core (1)" in text and "edema (2)" in text
+    edited = io.read_volume(out)
+    assert edited.same_grid(source, 1e-5) and edited.array.dtype == source.array.dtype
+    assert not io.read_labels(left).array.any()
+    tumour = io.read_labels(brats_files[1]).array > 0
+    assert not np.array_equal(edited.array[tumour], source.array[tumour])
+
+
+@pytest.mark.parametrize("command", ["synth", "remove"])
+def test_editor_refuses_bridge_options_in_one_line(tmp_path: Path, brats_files: tuple[Path, Path],
+                                                   tiny_editor: Path, command: str) -> None:
+    before = _files(tmp_path)
+    args = (["synth", brats_files[0], "--shape", brats_files[1], "--mask-out", tmp_path / "m.nii.gz"]
+            if command == "synth" else ["remove", *brats_files])
+    result = _invoke(*args, "--out", tmp_path / "o.nii.gz", "--model", tiny_editor, "--steps", "5", "--quiet")
+    assert result.exit_code == 2
+    assert "steps appl" in _text(result) and "texture bridge" in _text(result)
+    assert len(result.output.strip().splitlines()) == 1
+    assert _files(tmp_path) == before
+
+
+def test_editor_options_are_refused_with_a_bridge(tmp_path: Path, phantom_files: tuple[Path, Path],
+                                                  tiny_bridge: Path) -> None:
+    result = _invoke("synth", phantom_files[0], "--shape", phantom_files[1], "--no-edema", "--sequence", "T1c",
+                     "--out", tmp_path / "o.nii.gz", "--mask-out", tmp_path / "m.nii.gz", "--model", tiny_bridge,
+                     *FAST)
+    assert result.exit_code == 2
+    assert "--sequence, --edema-mm/--no-edema apply to the brain editor" in _text(result)
+    result = _invoke("synth", phantom_files[0], "--edema-mm", "4", "--shape", phantom_files[1],
+                     "--out", tmp_path / "o.nii.gz", "--mask-out", tmp_path / "m.nii.gz", "--model", tiny_bridge)
+    assert result.exit_code == 2 and "--edema-mm needs 2 comma-separated numbers" in _text(result)

@@ -1,5 +1,6 @@
-"""Tumour synthesis with the latent texture bridge: `medgen synth`, `medgen remove` and `medgen batch` (data
-augmentation; its logic is `napari_medgen.pipelines.augmentation`)."""
+"""Tumour editing: `medgen synth`, `medgen remove` (the brain editor checkpoint -- learned inpainting + glioma
+appearance -- or the latent texture bridge, whichever the model is) and `medgen batch` (data augmentation; its logic
+is `napari_medgen.pipelines.augmentation`)."""
 
 from __future__ import annotations
 
@@ -62,8 +63,48 @@ def _check_edit_counts(seed: int, steps: int | None) -> None:
 
 
 def _texture_settings(items: list[str] | None) -> dict[str, float]:
-    """``--texture Name=value`` pairs (texture feature names, ``original_`` prefix optional) as floats."""
-    return named_floats(items, "--texture", "firstorder_Mean=0.2")
+    """``--texture Name=value`` pairs as floats: ``region/control`` for the brain editor, texture feature names
+    (``original_`` prefix optional) for the bridge; the pipeline checks the names."""
+    return named_floats(items, "--texture", "enhancing/mean=0.9 (editor) or firstorder_Mean=0.2 (bridge)")
+
+
+#: BraTS sub-regions the brain editor writes, in the order the summaries name them
+_SUBREGIONS = ((1, "necrotic core"), (4, "enhancing"), (2, "edema"))
+
+
+def _is_editor(model: str) -> bool:
+    """Whether ``model`` is a brain editor checkpoint (its config.json is read, nothing loaded)."""
+    from napari_medgen.pipelines.tumor_synthesis import EDITOR_TYPE, model_type
+
+    return model_type(model) == EDITOR_TYPE
+
+
+def _subregion_summary(labels: LabelMap, where: object = None) -> str:
+    """cm3 of each BraTS sub-region in ``labels`` (necrotic core, enhancing, edema; absent ones left out), only
+    where ``where`` (a boolean array) is true when given."""
+    import numpy as np
+
+    arr = np.asarray(labels.array)
+    if where is not None:
+        arr = np.where(np.asarray(where), arr, 0)
+    cm3 = float(np.prod(labels.spacing)) / 1000.0
+    parts = [f"{name} ({value}) {np.count_nonzero(arr == value) * cm3:.2f} cm3" for value, name in _SUBREGIONS
+             if np.any(arr == value)]
+    return ", ".join(parts) or "no BraTS sub-region"
+
+
+def _edema_range(edema_mm: str | None, no_edema: bool) -> tuple[float, float] | None | str:
+    """``--edema-mm MIN,MAX`` / ``--no-edema`` as the pipeline's ``edema_mm`` ("default" when neither is given)."""
+    if no_edema and edema_mm is not None:
+        raise MedGenError("--edema-mm and --no-edema exclude each other.")
+    if no_edema:
+        return None
+    if edema_mm is None:
+        return "default"
+    low, high = floats(edema_mm, "--edema-mm", count=2)
+    if not (0 <= low <= high < float("inf")):
+        raise MedGenError(f"--edema-mm needs MIN,MAX millimetres with 0 <= MIN <= MAX; got '{edema_mm}'.")
+    return low, high
 
 
 def _write_edit(result: EditResult, inputs: dict[str, str], out: Path, mask_out: Path | None,
@@ -94,20 +135,27 @@ def _shape_mask(path: Path, volume: Volume) -> LabelMap:
     return mask
 
 
-# options shared by the texture-bridge commands (synth, remove, batch)
+# options shared by the tumour commands (synth, remove, batch)
 BridgeStepsOption = Annotated[int | None, typer.Option(
-    "--steps", help="Bridge sampling steps (default 25, at most the model's training schedule)."
+    "--steps", help="Texture bridge only: sampling steps (default 25, at most the model's training schedule). The "
+    "brain editor paints in one pass: leave it out."
 )]
 BridgeModelOption = Annotated[str | None, typer.Option(
-    "--model", help="Texture-bridge model: bundled name or checkpoint folder (default: bridge-brain-t1c)."
+    "--model", help="Bundled name or checkpoint folder: the brain editor (inpainter, e.g. inpainter-brain) or a "
+    "texture bridge (e.g. bridge-brain-t1c). Default: the pipeline's default model."
 )]
 EditReportOption = Annotated[Path | None, typer.Option("--report", help="Write what was done as JSON (.json).")]
 
 
 _SYNTH_HELP = (
-    "Synthesize a new tumour in a 3D scan (texture bridge); voxels away from it stay bit-identical.\n\n"
-    "Shape: the shape generator (--set; default VoxelVolume=4000, Sphericity=0.8) or a mask (--shape). Texture: the "
-    "model's default, a reference tumour (--texture-from IMAGE LABEL) and/or single features (--texture)."
+    "Synthesize a new tumour in a 3D scan; voxels away from it stay bit-identical.\n\n"
+    "With the brain editor (model type inpainter) the tumour is a glioma with BraTS sub-regions in --mask-out (1 "
+    "necrotic core, 2 edema, 4 enhancing tumour): shape from the two-region shape model shape-gan-brats (--set, e.g. "
+    "VoxelVolume=20000, necrotic_core/VoxelVolume=4000) or a mask (--shape; several labels kept, one label split by "
+    "--necrotic-fraction), edema from --edema-mm / --no-edema, texture from the editor's fitted appearance for "
+    "--sequence, a reference tumour (--texture-from) and/or --texture region/control=value.\n\n"
+    "With a texture bridge: shape from the shape generator (--set; default VoxelVolume=4000, Sphericity=0.8) or a "
+    "mask, texture features (--texture firstorder_Mean=0.2), --steps and --label-value."
 )
 
 
@@ -127,7 +175,8 @@ def synth(
     )] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Shape feature for the shape generator (names as in `medgen shape`), e.g. --set VoxelVolume=8000 "
-        "--set Sphericity=0.8. Without --shape and --set: VoxelVolume=4000, Sphericity=0.8."
+        "--set Sphericity=0.8. Brain editor (shape-gan-brats): also the necrotic core, e.g. "
+        "--set necrotic_core/VoxelVolume=3000 (mm3). Without --shape and --set: the model's default size."
     )] = None,
     texture_from: Annotated[tuple[Path, Path] | None, typer.Option(
         "--texture-from", metavar="IMAGE LABEL",
@@ -138,10 +187,28 @@ def synth(
         "--texture-from-label", help="Label value of the reference tumour (default: every non-zero label)."
     )] = None,
     texture: Annotated[list[str] | None, typer.Option(
-        "--texture", help="Override one texture feature (model units), e.g. --texture firstorder_Mean=0.3; the "
-        "original_ prefix is optional."
+        "--texture", help="Brain editor: REGION/CONTROL=value with REGION necrotic, edema or enhancing and CONTROL "
+        "mean (brain-normalised: 0 and 1 = the healthy brain's 0.5th and 99.5th percentiles) or spread (factor, 1 = "
+        "unchanged), e.g. --texture enhancing/mean=0.9. Texture bridge: one texture feature (model units), e.g. "
+        "--texture firstorder_Mean=0.3 (original_ prefix optional)."
     )] = None,
-    label_value: Annotated[int, typer.Option("--label-value", help="Value of the tumour in --mask-out (1..255).")] = 1,
+    sequence: Annotated[str | None, typer.Option(
+        "--sequence", help="Brain editor only: the scan's MR sequence whose fitted tumour appearance is painted "
+        "(default T1c)."
+    )] = None,
+    edema_mm: Annotated[str | None, typer.Option(
+        "--edema-mm", metavar="MIN,MAX", help="Brain editor only: thickness range of the edema grown around the "
+        "tumour core, in mm (default 4,12). Ignored when --shape already has edema (label 2)."
+    )] = None,
+    no_edema: Annotated[bool, typer.Option("--no-edema", help="Brain editor only: no edema around the core.")] = False,
+    necrotic_fraction: Annotated[float | None, typer.Option(
+        "--necrotic-fraction", help="Brain editor only: share of a one-label --shape mask that becomes necrotic core "
+        "(its deepest voxels), 0 <= f < 1 (default 0.3)."
+    )] = None,
+    label_value: Annotated[int, typer.Option(
+        "--label-value", help="Texture bridge only: value of the tumour in --mask-out (1..255). The brain editor "
+        "writes BraTS labels."
+    )] = 1,
     steps: BridgeStepsOption = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same tumour).")] = 0,
     model: BridgeModelOption = None,
@@ -149,14 +216,29 @@ def synth(
     device: DeviceOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Synthesize a new tumour in a 3D scan (texture bridge); voxels away from it stay bit-identical."""
+    """Synthesize a new tumour in a 3D scan; voxels away from it stay bit-identical."""
     target = use_device(device)
     from napari_medgen.core import io
-    from napari_medgen.pipelines.tumor_synthesis import DEFAULT_MODEL, synthesize_job
+    from napari_medgen.pipelines import tumor_synthesis
+    from napari_medgen.pipelines.tumor_synthesis import synthesize_job
 
-    model_name = model or DEFAULT_MODEL
+    model_name = model or tumor_synthesis.DEFAULT_MODEL
     try:
         _check_edit_counts(seed, steps)
+        editor = _is_editor(model_name)
+        edema = _edema_range(edema_mm, no_edema)
+        editor_options: dict[str, object] = {}
+        if sequence is not None:
+            editor_options["sequence"] = sequence
+        if edema != "default":
+            editor_options["edema_mm"] = edema
+        if necrotic_fraction is not None:
+            editor_options["necrotic_fraction"] = necrotic_fraction
+        if editor_options and not editor:
+            given = {"sequence": "--sequence", "edema_mm": "--edema-mm/--no-edema",
+                     "necrotic_fraction": "--necrotic-fraction"}
+            raise MedGenError(f"{', '.join(given[k] for k in editor_options)} apply to the brain editor; "
+                              f"{model_name} is a texture bridge.")
         shape_request = feature_settings(set_) or None
         texture_request = _texture_settings(texture) or None
         if shape_mask is not None and shape_request is not None:
@@ -178,15 +260,20 @@ def synth(
             reference = (ref_image, io.read_labels(texture_from[1], reference=ref_image), texture_from_label)
         job = synthesize_job(volume, center_mm=centre, shape=shape, shape_request=shape_request,
                              texture=texture_request, texture_from=reference, model=model_name, steps=steps,
-                             seed=seed, label_value=label_value, device=target)
+                             seed=seed, label_value=label_value, device=target, **editor_options)
         result = run_with_progress(job, "synth", quiet=quiet)
         _write_edit(result, {"image": str(image)}, out, mask_out, report)
     except MedGenError as error:
         fail(error)
     where = result.report.get("center_mm")
     place = f" at {tuple(round(v, 1) for v in where)} mm" if where else ""
-    console.print(f"wrote {out} and {mask_out}: new tumour of {tumour_summary(result.labels)}{place} "
-                  f"({result.report['shape_from']}; {result.report['steps']} steps, seed {seed})")
+    if editor:
+        console.print(f"wrote {out} and {mask_out}: new glioma of {tumour_summary(result.labels)}{place}: "
+                      f"{_subregion_summary(result.labels)} ("
+                      f"{result.report['shape_from']}; {result.report.get('sequence')}, seed {seed})")
+    else:
+        console.print(f"wrote {out} and {mask_out}: new tumour of {tumour_summary(result.labels)}{place} "
+                      f"({result.report['shape_from']}; {result.report['steps']} steps, seed {seed})")
 
 
 @app.command("remove")
@@ -209,12 +296,19 @@ def remove_tumour(
 ) -> None:
     """Remove a tumour: its region (plus a 2 mm rim) is replaced by healthy-looking tissue."""
     target = use_device(device)
-    from napari_medgen.core import io
-    from napari_medgen.pipelines.tumor_synthesis import DEFAULT_MODEL, remove_job
+    import numpy as np
 
-    model_name = model or DEFAULT_MODEL
+    from napari_medgen.core import io
+    from napari_medgen.pipelines import tumor_synthesis
+    from napari_medgen.pipelines.tumor_synthesis import remove_job
+
+    model_name = model or tumor_synthesis.DEFAULT_MODEL
     try:
         _check_edit_counts(seed, steps)
+        editor = _is_editor(model_name)
+        if editor and steps is not None:
+            raise MedGenError("--steps applies to the texture bridge; the brain editor inpaints in one pass (leave "
+                              "--steps out, or pass a bridge model such as bridge-brain-t1c).")
         _check_edit_outputs(out, mask_out, report)
         volume = io.read_volume(image)
         label_map = io.read_labels(labels, reference=volume)
@@ -225,8 +319,11 @@ def remove_tumour(
         fail(error)
     removed = "every label" if label is None else f"label {label}"
     remaining = ", ".join(map(str, result.labels.labels())) or "none"
-    console.print(f"wrote {out}: removed {removed} ({result.report['region_voxels']} voxels with the rim; "
-                  f"{result.report['steps']} steps, seed {seed}); labels left: {remaining}"
+    how = (f"{result.report.get('method', 'model')} inpainting" if editor
+           else f"{result.report['steps']} steps, seed {seed}")
+    console.print(f"wrote {out}: removed {removed} "
+                  f"({_subregion_summary(label_map, np.asarray(result.labels.array) != np.asarray(label_map.array))}; "
+                  f"{result.report['region_voxels']} voxels with the rim; {how}); labels left: {remaining}"
                   + (f", written to {mask_out}" if mask_out is not None else ""))
 
 
@@ -310,7 +407,8 @@ def batch_synth(
                           "manifest.")
         fail(error)
     console.print(f"{prefix}wrote {len(written)} image/mask pair(s) for {len(result.cases)} case(s) to {dest} "
-                  f"({result.steps} steps, seed {seed}); manifest {result.manifest_path.name}")
+                  f"({'brain editor' if result.steps is None else f'{result.steps} steps'}, seed {seed}); manifest "
+                  f"{result.manifest_path.name}")
 
 
 def _range(text: str, option: str, low: float, high: float) -> tuple[float, float]:

@@ -43,8 +43,10 @@ class AugmentationResult:
     items: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def steps(self) -> int:
-        return int(self.manifest["steps"])
+    def steps(self) -> int | None:
+        """Sampling steps of the texture bridge (None with the brain editor, which has none)."""
+        steps = self.manifest["steps"]
+        return None if steps is None else int(steps)
 
     @property
     def cases(self) -> list[str]:
@@ -157,7 +159,14 @@ def augment_job(
     from napari_medgen.core.device import select_device
     from napari_medgen.core.geometry import index_to_physical
     from napari_medgen.hub import load_cached
-    from napari_medgen.pipelines.tumor_synthesis import DEFAULT_MODEL, check_scan, resolve_steps, synthesize_job
+    from napari_medgen.pipelines.tumor_synthesis import (
+        DEFAULT_MODEL,
+        EDITOR_TYPE,
+        check_scan,
+        model_type,
+        resolve_steps,
+        synthesize_job,
+    )
 
     target = select_device(device)
     model_name = model or DEFAULT_MODEL
@@ -166,8 +175,11 @@ def augment_job(
     sphericities = tuple(float(v) for v in sphericity_range)
     _check_options(variants, volumes, sphericities, margin_mm, seed, steps, out)
     cases = find_cases(inputs, out)
-    net = load_cached(model_name, expected_type="bridge-unet", device=target)  # a wrong model fails before any work
-    n_steps = resolve_steps(net, steps)
+    editor = model_type(model_name) == EDITOR_TYPE  # the brain editor paints in one pass: no steps
+    net = load_cached(model_name, expected_type=EDITOR_TYPE if editor else "bridge-unet", device=target)
+    if editor and steps is not None:
+        raise InvalidInputError("steps apply to the texture bridge; leave them unset with the brain editor.")
+    n_steps = None if editor else resolve_steps(net, steps)
     mine = [(index, name, path) for index, (name, path) in enumerate(cases) if index % num_processes == process_index]
     manifest_path = out / f"manifest-rank{process_index}.json"
     manifest: dict[str, Any] = {
@@ -180,7 +192,8 @@ def augment_job(
     for index, name, path in mine:
         volume = io.read_volume(path)
         try:
-            check_scan(volume, net)
+            if not editor:
+                check_scan(volume, net)
         except MedGenError as error:
             raise MedGenError(f"{path.name}: {error}") from error
         candidates = centre_candidates(volume, margin_mm)

@@ -34,7 +34,9 @@ from napari_medgen.core.progress import Job, ProgressEvent, run_job
 from napari_medgen.core.volume import LabelMap, Volume
 from napari_medgen.errors import DimensionError, GeometryMismatchError, InvalidInputError
 
-DEFAULT_MODEL = "bridge-brain-t1c"
+DEFAULT_MODEL = "inpainter-brain"  # the brain editor; "bridge-brain-t1c" is the seed-003 texture bridge
+#: model type of the brain editor checkpoint (learned inpainting + glioma appearance, `pipelines.appearance_editing`)
+EDITOR_TYPE = "inpainter"
 #: measured on held-out BRATS cases (docs/benchmarks.md): 20-50 steps are as good as 200 for this model
 DEFAULT_STEPS = 25
 DEFAULT_SHAPE_REQUEST: dict[str, float] = {"VoxelVolume": 4000.0, "Sphericity": 0.8}
@@ -54,6 +56,13 @@ class EditResult:
 
 
 # ---- checks ---------------------------------------------------------------------------------------------
+def model_type(model: str | Path) -> str:
+    """The checkpoint's model type (read from its config, nothing loaded): which editor runs."""
+    from napari_medgen.hub import read_checkpoint_config
+
+    return str(read_checkpoint_config(model)["model_type"])
+
+
 def _load(model: str | Path, device: Any = None) -> Any:
     from napari_medgen.hub import load_cached
 
@@ -99,7 +108,15 @@ def check_scan(volume: Volume, net: Any) -> None:
 
 
 def _region(labels: LabelMap, volume: Volume, label: int | None, what: str) -> np.ndarray:
-    """The boolean region of ``label`` (every non-zero label when None) on the scan's grid."""
+    """The boolean region of ``label`` (every non-zero label when None) on the scan's grid, checked for the bridge
+    (enough voxels for texture features, not touching the border)."""
+    region = _region_on_grid(labels, volume, label, what)
+    _check_region(region, what)
+    return region
+
+
+def _region_on_grid(labels: LabelMap, volume: Volume, label: int | None, what: str) -> np.ndarray:
+    """The boolean region of ``label`` (every non-zero label when None) on the scan's grid; not empty."""
     if not isinstance(labels, LabelMap):
         raise InvalidInputError(f"The {what} must be a LabelMap (labels layer or mask file); got "
                                 f"{type(labels).__name__}.")
@@ -114,7 +131,8 @@ def _region(labels: LabelMap, volume: Volume, label: int | None, what: str) -> n
                 "those, or leave the label out to use every non-zero label."
             )
         region = np.asarray(labels.array) == int(label)
-    _check_region(region, what)
+    if not region.any():
+        raise InvalidInputError(f"The {what} is empty: draw or load a tumour region first.")
     return region
 
 
@@ -347,6 +365,41 @@ def _place_job(volume: Volume, net: Any, shape: LabelMap | None, shape_request: 
     return _region(placed, volume, None, "placed shape"), source
 
 
+def _editor(operation: str, volume: Volume, model: str | Path, device: Any, *, steps: int | None,
+            label_value: int = 1, **options: Any) -> Job[EditResult]:
+    """The brain editor checkpoint's path (`pipelines.appearance_editing`) of an operation."""
+    from napari_medgen.hub import load_cached
+    from napari_medgen.pipelines import appearance_editing as editor
+
+    if steps is not None:
+        raise InvalidInputError("steps apply to the texture bridge; the brain editor inpaints and paints in one pass "
+                                "(leave steps unset, or pass a bridge model such as bridge-brain-t1c).")
+    if label_value != 1:
+        raise InvalidInputError("label_value applies to the one-region texture bridge; the brain editor writes BraTS "
+                                "labels (1 necrotic core, 2 edema, 4 enhancing tumour).")
+    if not (np.isfinite(options["blend_mm"]) and options["blend_mm"] >= 0):
+        raise InvalidInputError(f"blend_mm must be finite and >= 0; got {options['blend_mm']!r}.")
+    if not 0.0 <= float(options.get("necrotic_fraction", 0.0)) < 1.0:
+        raise InvalidInputError(f"necrotic_fraction must be in [0, 1); got {options['necrotic_fraction']!r}.")
+    seed = options["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise InvalidInputError(f"seed must be 0 or a positive integer; got {seed!r}.")
+    net = load_cached(model, expected_type=EDITOR_TYPE, device=device)
+    if operation == "synthesize":
+        array, labels, report = yield from editor.synthesize_job(volume, net, device=device, **options)
+    else:
+        source = options.pop("labels")
+        tumour = _region_on_grid(source, volume, options.pop("label"), "tumour mask")
+        if operation == "retexture":
+            array, labels, report = yield from editor.retexture_job(volume, source, tumour, net, model=model,
+                                                                    device=device, **options)
+        else:
+            moved = options.pop("moved")
+            array, labels, report = yield from editor.transformed_job(volume, source, tumour, moved, net, model=model,
+                                                                      device=device, **options)
+    return _result(volume, array, labels, operation, model, report)
+
+
 def synthesize_job(
     volume: Volume,
     *,
@@ -362,8 +415,16 @@ def synthesize_job(
     blend_mm: float = 2.0,
     label_value: int = 1,
     device: Any = None,
+    sequence: str = "T1c",
+    edema_mm: tuple[float, float] | None = (4.0, 12.0),
+    necrotic_fraction: float = 0.3,
 ) -> Job[EditResult]:
     """Job form of `synthesize`."""
+    if model_type(model) == EDITOR_TYPE:
+        return (yield from _editor("synthesize", volume, model, device, steps=steps, label_value=label_value,
+                                   center_mm=center_mm, shape=shape, shape_request=shape_request, texture=texture,
+                                   texture_from=texture_from, seed=seed, blend_mm=blend_mm, sequence=sequence,
+                                   edema_mm=edema_mm, necrotic_fraction=necrotic_fraction))
     net = _load(model, device)
     check_scan(volume, net)
     if not 1 <= int(label_value) <= 255:
@@ -393,6 +454,14 @@ def remove_job(
     """Job form of `remove`."""
     from scipy import ndimage
 
+    if model_type(model) == EDITOR_TYPE:  # learned inpainting (steps, seed, eta and blend_mm do not apply)
+        from napari_medgen.pipelines.appearance_editing import remove_job as inpaint_region
+
+        tumour = _region_on_grid(labels, volume, label, "tumour mask")
+        array, remaining, report = yield from inpaint_region(
+            volume, labels, tumour, model=model, margin_mm=margin_mm, device=device,
+            removed_label="all" if label is None else int(label))
+        return _result(volume, array, remaining, "remove", model, report)
     net = _load(model, device)
     check_scan(volume, net)
     tumour = _region(labels, volume, label, "tumour mask")
@@ -421,8 +490,14 @@ def retexture_job(
     eta: float = 1.0,
     blend_mm: float = 2.0,
     device: Any = None,
+    sequence: str = "T1c",
+    necrotic_fraction: float = 0.3,
 ) -> Job[EditResult]:
     """Job form of `retexture`."""
+    if model_type(model) == EDITOR_TYPE:
+        return (yield from _editor("retexture", volume, model, device, steps=steps, labels=labels, label=label,
+                                   texture=texture, texture_from=texture_from, seed=seed, blend_mm=blend_mm,
+                                   sequence=sequence, necrotic_fraction=necrotic_fraction))
     net = _load(model, device)
     check_scan(volume, net)
     region = _region(labels, volume, label, "tumour mask")
@@ -471,18 +546,27 @@ def resize_job(
     eta: float = 1.0,
     blend_mm: float = 2.0,
     device: Any = None,
+    sequence: str = "T1c",
+    necrotic_fraction: float = 0.3,
 ) -> Job[EditResult]:
     """Job form of `resize`: ``scale`` multiplies the tumour's linear size about its centroid."""
     from scipy import ndimage
 
-    net = _load(model, device)
-    check_scan(volume, net)
+    editor = model_type(model) == EDITOR_TYPE
+    if not editor:
+        check_scan(volume, _load(model, device))
     if not (np.isfinite(scale) and 0.2 <= float(scale) <= 5.0):
         raise InvalidInputError(f"scale must be between 0.2 and 5 (linear size factor); got {scale!r}.")
-    tumour = _region(labels, volume, label, "tumour mask")
+    tumour = (_region_on_grid if editor else _region)(labels, volume, label, "tumour mask")
     centroid = np.argwhere(tumour).mean(axis=0)
     inverse = np.eye(3) / float(scale)
     offset = centroid - inverse @ centroid
+    if editor:  # the sub-regions are scaled with the tumour
+        moved_labels = ndimage.affine_transform(np.where(tumour, np.asarray(labels.array), 0).astype(np.uint8),
+                                                inverse, offset=offset, order=0)
+        return (yield from _editor("resize", volume, model, device, steps=steps, labels=labels, label=label,
+                                   moved=moved_labels, texture=texture, seed=seed, blend_mm=blend_mm,
+                                   sequence=sequence, necrotic_fraction=necrotic_fraction, margin_mm=2.0))
     moved = ndimage.affine_transform(tumour.astype(np.float32), inverse, offset=offset, order=1) >= 0.5
     return (yield from _transformed_job(volume, labels, label, moved, "resize", model, texture, steps, seed, eta,
                                         blend_mm, {"scale": float(scale)}, device))
@@ -501,13 +585,16 @@ def move_job(
     eta: float = 1.0,
     blend_mm: float = 2.0,
     device: Any = None,
+    sequence: str = "T1c",
+    necrotic_fraction: float = 0.3,
 ) -> Job[EditResult]:
     """Job form of `move`: the tumour's centroid goes to ``center_mm`` (x, y, z physical)."""
     from napari_medgen.core.geometry import index_to_physical, physical_to_index
 
-    net = _load(model, device)
-    check_scan(volume, net)
-    tumour = _region(labels, volume, label, "tumour mask")
+    editor = model_type(model) == EDITOR_TYPE
+    if not editor:
+        check_scan(volume, _load(model, device))
+    tumour = (_region_on_grid if editor else _region)(labels, volume, label, "tumour mask")
     try:
         target = np.asarray(center_mm, dtype=float).reshape(3)
     except (TypeError, ValueError) as error:
@@ -525,6 +612,12 @@ def move_job(
         raise InvalidInputError("The moved tumour would leave the image; pick a centre further inside.")
     moved[tuple(coords.T)] = True
     old_centre = index_to_physical(volume, centroid)
+    if editor:  # the sub-regions move with the tumour
+        moved_labels = np.zeros(tumour.shape, dtype=np.uint8)
+        moved_labels[tuple(coords.T)] = np.asarray(labels.array)[tumour]
+        return (yield from _editor("move", volume, model, device, steps=steps, labels=labels, label=label,
+                                   moved=moved_labels, texture=texture, seed=seed, blend_mm=blend_mm,
+                                   sequence=sequence, necrotic_fraction=necrotic_fraction, margin_mm=2.0))
     return (yield from _transformed_job(volume, labels, label, moved, "move", model, texture, steps, seed, eta,
                                         blend_mm, {"from_mm": [float(v) for v in old_centre],
                                                    "center_mm": [float(v) for v in target]}, device))

@@ -6,6 +6,11 @@ plausibly by the model from its training distribution, and the last point of a p
 where. The result is placed on the image's own grid (`place_shape`) and added as a labels layer with
 the image's geometry, so it saves aligned with the scan.
 
+The default model is the two-region brain model `shape-gan-brats` (`appearance_editing.SHAPE_MODEL`: necrotic core
+inside the tumour core, label 1 inside label 2), the model the brain editor of "Tumour synthesis" uses for 3D brain
+scans; a model with a ``necrotic_core`` region gets a necrotic-core control (% of the core volume, sent as
+``necrotic_core/VoxelVolume``). The lesion model (`shape-gan-lesion`) is one model-field edit away.
+
 Generation runs `generate_shape_job` in a napari thread worker (progress per stage, Cancel between stages, on the
 chosen device); the layer is added only when the job finishes.
 """
@@ -19,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, FloatSlider, LineEdit, PushButton, SpinBox, create_widget
 
-from napari_medgen.errors import InvalidInputError
+from napari_medgen.errors import InvalidInputError, MedGenError
 from napari_medgen.widgets.job_widget import JobSpec, JobWidget
 
 if TYPE_CHECKING:
@@ -49,16 +54,36 @@ def shape_at_point_job(reference: Volume, center_mm: Sequence[float], features: 
     return place_shape(result.mask, reference, center_mm)
 
 
+#: the inner region whose volume the necrotic-core control sets, and that control's range and default (%)
+NECROTIC_REGION = "necrotic_core"
+NECROTIC_PERCENT = (1.0, 60.0, 20.0)
+
+
+def inner_regions(model: str) -> list[str]:
+    """The inner regions of a shape model (config.json; empty for one-region models)."""
+    from napari_medgen.hub import read_checkpoint_config
+
+    regions = read_checkpoint_config(model)["extra"].get("regions") or []
+    return [str(r) for r in regions[:-1]]
+
+
 class TumourShapeWidget(JobWidget):
     """Generate a tumour mask with requested shape features at a point of an image."""
 
     def __init__(self, viewer: napari.viewer.Viewer, model: str | None = None) -> None:
-        from napari_medgen.pipelines.shape_generation import DEFAULT_MODEL, shape_controls
+        from napari_medgen.pipelines.appearance_editing import SHAPE_MODEL
+        from napari_medgen.pipelines.shape_generation import shape_controls
 
         super().__init__(viewer)
-        self._model = LineEdit(value=model or DEFAULT_MODEL, label="model")
+        # 3D brain scans: the two-region brain model (the lesion model is shape-gan-lesion)
+        self._model = LineEdit(value=model or SHAPE_MODEL, label="model")
+        self._model.tooltip = ("Shape model: a bundled name or checkpoint folder. shape-gan-brats: gliomas with a "
+                               "necrotic core (label 1) inside the tumour core (label 2); shape-gan-lesion: one-region "
+                               "lesions.")
         self._image = create_widget(annotation="napari.layers.Image", label="image")
+        self._image.tooltip = "The scan the tumour goes into: the mask is made on its grid."
         self._points = create_widget(annotation="napari.layers.Points", label="location (points)")
+        self._points.tooltip = "The last point of this layer is the tumour's centre."
         self._controls: dict[str, tuple[CheckBox, FloatSlider]] = {}
         rows: list[Any] = [self._model, self._image, self._points]
         for control in shape_controls(self._model.value):
@@ -68,6 +93,16 @@ class TumourShapeWidget(JobWidget):
                                  label=f"{control.name}{unit}", step=(control.max - control.min) / 200)
             self._controls[control.name] = (use, slider)
             rows.extend([use, slider])
+        low, high, default = NECROTIC_PERCENT
+        self._necrotic_use = CheckBox(value=False, text="set necrotic core")
+        self._necrotic_use.tooltip = ("Ticked: ask for a necrotic core of this share of the tumour core volume (the "
+                                      "volume slider's value is sent too); unticked: the model decides.")
+        self._necrotic = FloatSlider(value=default, min=low, max=high, step=0.5, label="necrotic core (% of core)",
+                                     enabled=False)
+        self._necrotic.tooltip = ("Necrotic core volume as % of the tumour core volume (sent as "
+                                  f"{NECROTIC_REGION}/VoxelVolume); only for models with a {NECROTIC_REGION} region.")
+        self._necrotic_use.changed.connect(lambda value: setattr(self._necrotic, "enabled", bool(value)))
+        rows.extend([self._necrotic_use, self._necrotic])
         self._seed = SpinBox(value=0, min=0, max=2**31 - 1, label="seed")
         self._generate = PushButton(text="Generate tumour mask")
         rows.extend([self._seed, *self.job_controls(self._generate)])
@@ -75,13 +110,26 @@ class TumourShapeWidget(JobWidget):
         self._generate.changed.connect(self._start)
         self._model.changed.connect(self._model_changed)
         self.last_layer: Any = None
+        self._necrotic_available()
+
+    def _necrotic_available(self) -> bool:
+        """Enable the necrotic-core control when the model has that region (untick it otherwise)."""
+        try:
+            has = NECROTIC_REGION in inner_regions(str(self._model.value).strip())
+        except MedGenError:
+            has = False
+        self._necrotic_use.enabled = has
+        if not has:
+            self._necrotic_use.value = False
+        self._necrotic.enabled = has and bool(self._necrotic_use.value)
+        return has
 
     def _model_changed(self) -> None:
         """Another model (bundled name or folder): its own slider ranges and defaults (each model's bank
         differs: e.g. `shape-gan-brats` spans larger tumours than `shape-gan-lesion`)."""
-        from napari_medgen.errors import MedGenError
         from napari_medgen.pipelines.shape_generation import shape_controls
 
+        self._necrotic_available()
         try:
             controls = {c.name: c for c in shape_controls(self._model.value)}
         except MedGenError as error:
@@ -102,8 +150,14 @@ class TumourShapeWidget(JobWidget):
         self._status.value = f"model {self._model.value}: slider ranges from its training data"
 
     def request(self) -> dict[str, float]:
-        """The features whose checkbox is ticked, in real units."""
-        return {name: float(slider.value) for name, (use, slider) in self._controls.items() if use.value}
+        """The features whose checkbox is ticked, in real units; with the necrotic-core control ticked also the
+        volume and ``necrotic_core/VoxelVolume`` (that % of it)."""
+        request = {name: float(slider.value) for name, (use, slider) in self._controls.items() if use.value}
+        if self._necrotic_use.value and self._necrotic_use.enabled and "VoxelVolume" in self._controls:
+            volume = float(self._controls["VoxelVolume"][1].value)
+            request["VoxelVolume"] = volume
+            request[f"{NECROTIC_REGION}/VoxelVolume"] = volume * float(self._necrotic.value) / 100.0
+        return request
 
     def job_arguments(self) -> JobSpec:
         """(`shape_at_point_job`, args, kwargs, result handler) from the widget state (only the image's grid is

@@ -1,6 +1,14 @@
 """Dock widget "Tumour synthesis": put a tumour into a 3D scan, or remove, retexture, resize or move one.
 
-A thin adapter over `napari_medgen.pipelines.tumor_synthesis` (the same code as the CLI):
+A thin adapter over `napari_medgen.pipelines.tumor_synthesis` (the same code as the CLI). Its controls follow the
+model in the model field (default: the pipeline's `DEFAULT_MODEL`, read when the widget opens):
+
+* the **brain editor** (model type ``inpainter``: learned inpainting + fitted glioma appearance): shape from the
+  two-region shape model (`appearance_editing.SHAPE_MODEL`; volume in cm3, roundness, necrotic core as % of the core),
+  an edema thickness (or none), the MR sequence, and brightness sliders for the enhancing tumour, necrotic core and
+  edema (brain-normalised units); no steps. The result's labels layer shows the BraTS sub-regions (1 necrotic core,
+  2 edema, 4 enhancing tumour) in their own colours, named in the layer's ``features`` and name;
+* a **texture bridge**: the controls below.
 
 * location: the last point of a points layer, turned into physical millimetres through that layer's own
   transform (`point_to_physical`, shared with the "Tumour shape" widget);
@@ -67,6 +75,82 @@ SHAPE_FROM_SLIDERS = "sliders (shape generator)"
 SHAPE_FROM_LABELS = "tumour labels layer"
 #: layer transform attributes copied from the source image layer onto the new layers
 TRANSFORM_KEYS: tuple[str, ...] = ("scale", "translate", "rotate", "shear")
+#: brain editor texture sliders: pipeline control -> (label, what it does)
+EDITOR_TEXTURE_SLIDERS: dict[str, tuple[str, str]] = {
+    "enhancing/mean": ("enhancing brightness", "mean intensity of the enhancing tumour (the bright rim in T1c)"),
+    "necrotic/mean": ("necrotic brightness", "mean intensity of the necrotic core (dark centre)"),
+    "edema/mean": ("edema brightness", "mean intensity of the edema around the core"),
+}
+EDITOR_UNITS = ("brain-normalised units: 0 = the healthy brain's 0.5th percentile, 1 = its 99.5th percentile "
+                "(measured on this scan)")
+#: BraTS sub-regions the brain editor writes: value -> (name, colour)
+SUBREGIONS: dict[int, tuple[str, str]] = {1: ("necrotic core", "red"), 2: ("edema", "green"),
+                                          4: ("enhancing tumour", "yellow")}
+#: the brain editor's necrotic core control (% of the tumour core volume): range and default
+NECROTIC_PERCENT = (1.0, 60.0, 20.0)
+#: the brain editor's edema thickness control (mm; the pipeline draws the shell from thickness/3 to thickness)
+EDEMA_THICKNESS_MM = (1.0, 25.0, 12.0)
+
+
+def is_editor(model: str) -> bool:
+    """Whether ``model`` names a brain editor checkpoint (its config.json is read; no torch). An unusable name
+    raises `MedGenError`."""
+    from napari_medgen.pipelines.tumor_synthesis import EDITOR_TYPE, model_type
+
+    return model_type(model) == EDITOR_TYPE
+
+
+def editor_appearance(model: str) -> dict[str, Any]:
+    """The fitted appearance table (sequence -> statistics) of a brain editor checkpoint's config.json."""
+    from napari_medgen.hub import read_checkpoint_config
+
+    table = read_checkpoint_config(model)["extra"].get("appearance")
+    if not isinstance(table, dict) or not table:
+        raise InvalidInputError(f"{model!r} has no tumour appearance statistics; export it with "
+                                "`medgen train inpainter`.")
+    return table
+
+
+def editor_texture_controls(model: str, sequence: str) -> list[tuple[str, str, float, float, float]]:
+    """(control, label, low, high, default) of each `EDITOR_TEXTURE_SLIDERS` control: brain-normalised range 0..1.6
+    (wider when the training tumours were), default the fitted mean of that sub-region."""
+    from napari_medgen.pipelines.appearance_editing import REGION_KEYS
+
+    stats = editor_appearance(model).get(sequence, {}).get("labels", {})
+    out = []
+    for key, (label, _) in EDITOR_TEXTURE_SLIDERS.items():
+        entry = stats.get(str(REGION_KEYS[key.split("/")[0]]))
+        if not isinstance(entry, dict) or "mean" not in entry:
+            continue
+        default = float(entry["mean"])
+        seen = entry.get("range", {}).get("mean", [default, default])
+        low, high = min(0.0, float(seen[0]) - 0.2), max(1.6, float(seen[1]) + 0.2)
+        out.append((key, label, low, high, float(np.clip(default, low, high))))
+    return out
+
+
+def subregion_layer_kwargs(values: Any) -> dict[str, Any]:
+    """Labels-layer keyword arguments showing the BraTS sub-regions: a direct colormap (necrotic core red, edema
+    green, enhancing tumour yellow) and a ``features`` table naming each label (napari shows it on hover)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    # any other label (another tumour kept, a label painted later): magenta
+    colours = {None: "magenta", 0: "transparent", **{v: c for v, (_, c) in SUBREGIONS.items()}}
+    present = sorted({int(v) for v in values} - {0})
+    extra = [v for v in present if v not in SUBREGIONS]
+    index = [0, *SUBREGIONS, *extra]
+    names = ["background", *(n for n, _ in SUBREGIONS.values()), *(f"label {v}" for v in extra)]
+    cmap = DirectLabelColormap(color_dict=colours)
+    return {"colormap": cmap, "features": {"index": index, "sub-region": names}}
+
+
+def subregion_legend(labels: Any, spacing: Any) -> str:
+    """"1 necrotic core (red) 2.1 cm3, ..." for the sub-regions present in ``labels``."""
+    arr = np.asarray(labels)
+    cm3 = float(np.prod(spacing)) / 1000.0
+    parts = [f"{v} {name} ({colour}) {np.count_nonzero(arr == v) * cm3:.2f} cm3"
+             for v, (name, colour) in SUBREGIONS.items() if np.any(arr == v)]
+    return "; ".join(parts) or "no tumour left"
 
 
 def texture_controls(model: str) -> list[tuple[str, float, float, float]]:
@@ -111,14 +195,17 @@ def source_transform(layer: Any) -> dict[str, Any]:
 
 
 class TumourSynthesisWidget(JobWidget):
-    """Synthesize, remove, retexture, resize or move a tumour in a 3D scan (texture bridge model)."""
+    """Synthesize, remove, retexture, resize or move a tumour in a 3D scan (brain editor or texture bridge)."""
 
     def __init__(self, viewer: napari.viewer.Viewer, model: str | None = None) -> None:
-        from napari_medgen.pipelines.tumor_synthesis import DEFAULT_MODEL, DEFAULT_STEPS
+        from napari_medgen.pipelines import tumor_synthesis
 
         super().__init__(viewer)
-        self._model = LineEdit(value=model or DEFAULT_MODEL, label="model")
-        self._model.tooltip = "A bundled texture-bridge name or a checkpoint folder (trained with `medgen train`)."
+        # read now, not at import: the default becomes the brain editor once its weights are bundled
+        self._model = LineEdit(value=model or tumor_synthesis.DEFAULT_MODEL, label="model")
+        self._model.tooltip = ("A bundled model name or a checkpoint folder: the brain editor (inpainter: learned "
+                               "removal, glioma sub-regions) or a texture bridge (trained with `medgen train`). The "
+                               "controls below follow it.")
         self._image = create_widget(annotation="napari.layers.Image", label="image")
         self._image.tooltip = "The 3D scan to edit (at the model's voxel spacing, axis-aligned). It is not modified."
         self._points = create_widget(annotation="napari.layers.Points", label="location (points)",
@@ -129,14 +216,27 @@ class TumourSynthesisWidget(JobWidget):
         self._labels.tooltip = ("The tumour to remove / retexture / resize / move, on the image's grid; also the "
                                 "shape source for Synthesize when 'shape from' says so.")
         self._label = SpinBox(value=0, min=0, max=65535, label="tumour label (0 = all)")
+        self._label.tooltip = "Which label of the tumour labels layer to edit; 0: every non-zero label."
         self._shape_from = ComboBox(choices=[SHAPE_FROM_SLIDERS, SHAPE_FROM_LABELS], value=SHAPE_FROM_SLIDERS,
                                     label="shape from")
         self._shape_from.tooltip = (
             "Synthesize: a shape generated from the sliders (placed at the point), or the tumour labels layer "
-            "(on the image grid: used where it is, or moved to the point if one is given)."
+            "(on the image grid: used where it is, or moved to the point if one is given; with the brain editor "
+            "its sub-region labels are kept, a one-label mask gets a necrotic core)."
         )
+        self._shapes = Container(labels=True, label="shape")
         self._shape_sliders: dict[str, FloatSlider] = {}
         self._shape_note = Label(value="")
+        self._editor_options = Container(labels=True, label="glioma")
+        self._sequence = ComboBox(choices=["T1c"], value="T1c", label="MR sequence")
+        self._sequence.tooltip = "The scan's sequence: the editor paints the tumour appearance fitted for it."
+        low, high, default = EDEMA_THICKNESS_MM
+        self._edema = CheckBox(value=True, text="edema around the core")
+        self._edema.tooltip = "Grow an irregular edema shell (label 2) around the tumour core; unticked: none."
+        self._edema_mm = FloatSlider(value=default, min=low, max=high, step=0.5, label="edema thickness (mm)")
+        self._edema_mm.tooltip = ("Largest edema thickness in mm; the shell varies from a third of it to all of it "
+                                  "(pipeline edema_mm = (thickness / 3, thickness)).")
+        self._edema.changed.connect(lambda value: setattr(self._edema_mm, "enabled", bool(value)))
         self._texture_labels = create_widget(annotation="napari.layers.Labels", label="texture reference labels",
                                              options={"nullable": True})
         self._texture_labels.tooltip = ("A region whose texture the new tumour copies (Synthesize, Retexture). "
@@ -145,44 +245,95 @@ class TumourSynthesisWidget(JobWidget):
                                             options={"nullable": True})
         self._texture_image.tooltip = "The scan the reference labels lie on. Empty: the image being edited."
         self._texture_label = SpinBox(value=0, min=0, max=65535, label="reference label (0 = all)")
+        self._texture_label.tooltip = "Which label of the reference labels is the reference tumour; 0: all."
         self._textures = Container(labels=True, label="texture features")
         self._texture_controls: dict[str, tuple[CheckBox, FloatSlider]] = {}
         self._texture_note = Label(value="")
         self._scale = FloatSpinBox(value=1.5, min=0.2, max=5.0, step=0.1, label="resize scale")
         self._scale.tooltip = "Resize: factor on the tumour's linear size (2 = twice as wide, 8x the volume)."
-        self._steps = SpinBox(value=DEFAULT_STEPS, min=1, max=1000, label="steps")
+        self._steps = SpinBox(value=tumor_synthesis.DEFAULT_STEPS, min=1, max=1000, label="steps")
         self._seed = SpinBox(value=0, min=0, max=2**31 - 1, label="seed")
+        self._seed.tooltip = "Random seed: same inputs and seed, same result."
         self._buttons = {op: PushButton(text=op.capitalize()) for op in OPERATIONS}
-        self._build_shape_sliders()
+        self._editor = False
         self.extend([self._model, self._image, self._points, self._labels, self._label, self._shape_from,
-                     *self._shape_sliders.values(), self._shape_note, self._texture_labels, self._texture_image,
-                     self._texture_label, self._textures, self._texture_note, self._scale, self._steps,
-                     self._seed, *self.job_controls(*self._buttons.values())])
+                     self._shapes, self._shape_note, self._editor_options, self._texture_labels,
+                     self._texture_image, self._texture_label, self._textures, self._texture_note, self._scale,
+                     self._steps, self._seed, *self.job_controls(*self._buttons.values())])
         for note in (self._shape_note, self._texture_note):
             note.native.setWordWrap(True)
         self.last_layers: tuple[Any, Any] | None = None
         self.last_report: dict[str, Any] | None = None
-        self._model.changed.connect(self._refresh_texture_controls)
+        self._offered: set[int] = set()  # layers already offered for pre-selection (ids)
+        self._model.changed.connect(self._model_changed)
+        self._sequence.changed.connect(self._refresh_texture_controls)
         self._shape_from.changed.connect(self._shape_source_changed)
         for op, button in self._buttons.items():
             button.changed.connect(lambda *_, op=op: self.start(op))
-        self._refresh_texture_controls()
-        self._shape_source_changed()
+        self._model_changed()
         self.follow_default(self._steps, self._default_steps, self._model)
 
     def _default_steps(self) -> int:
         from napari_medgen.pipelines.tumor_synthesis import resolve_steps
 
+        if self._editor:
+            raise InvalidInputError("the brain editor has no sampling steps")  # the box is left as it is
         return resolve_steps(str(self._model.value).strip())
 
+    # ---- layer pre-selection -----------------------------------------------------------------------------
+    def reset_choices(self, *args: Any) -> None:
+        """napari calls this when layers change: besides refreshing the drop-downs, an empty 'location (points)'
+        or 'tumour labels' picks up a points / labels layer it has not offered before (the newest), so the flow
+        point -> shape -> synthesize -> remove needs no re-selection; a choice the user made is kept."""
+        super().reset_choices(*args)
+        for box in (self._points, self._labels):
+            candidates = [c for c in box.choices if c is not None]
+            fresh = [c for c in candidates if id(c) not in self._offered]
+            self._offered.update(id(c) for c in candidates)
+            if box.value is None and fresh:
+                box.value = fresh[-1]
+
     # ---- controls ------------------------------------------------------------------------------------
+    def _model_changed(self, *_: Any) -> None:
+        """The controls of the model in the model field: brain editor or texture bridge."""
+        try:
+            self._editor = is_editor(str(self._model.value).strip())
+        except MedGenError:
+            self._editor = False  # the texture controls say why (the model name may be half typed)
+        self._steps.enabled = not self._editor
+        self._steps.tooltip = (
+            "The brain editor inpaints and paints in one pass: no sampling steps." if self._editor
+            else "Texture bridge sampling steps (more: slower, rarely better beyond the model's default)."
+        )
+        self._editor_options.clear()
+        if self._editor:
+            try:
+                sequences = sorted(editor_appearance(str(self._model.value).strip()))
+            except MedGenError:
+                sequences = ["T1c"]
+            self._sequence.choices = sequences
+            self._sequence.value = "T1c" if "T1c" in sequences else sequences[0]
+            self._editor_options.extend([self._sequence, self._edema, self._edema_mm])
+        self._build_shape_sliders()
+        self._refresh_texture_controls()
+        self._shape_source_changed()
+
     def _build_shape_sliders(self) -> None:
-        """Volume and sphericity sliders over the shape generator's training range (its config.json)."""
+        """Volume (cm3) and roundness sliders over the shape generator's training range (its config.json); with
+        the brain editor the two-region model's, plus the necrotic core as % of the core volume."""
+        from napari_medgen.pipelines.shape_generation import DEFAULT_MODEL as BRIDGE_SHAPES
         from napari_medgen.pipelines.shape_generation import shape_controls
         from napari_medgen.pipelines.tumor_synthesis import DEFAULT_SHAPE_REQUEST
 
+        self._shapes.clear()
+        self._shape_sliders = {}
+        self._shape_note.value = self._shape_note.tooltip = ""
+        if self._editor:
+            from napari_medgen.pipelines.appearance_editing import SHAPE_MODEL as shape_model
+        else:
+            shape_model = BRIDGE_SHAPES
         try:
-            controls = {c.name: c for c in shape_controls()}
+            controls = {c.name: c for c in shape_controls(shape_model)}
         except MedGenError as error:
             self._shape_note.value = "shape generator not available: shape from a labels layer only"
             self._shape_note.tooltip = str(error)
@@ -191,46 +342,96 @@ class TumourSynthesisWidget(JobWidget):
             control = controls.get(name)
             if control is None:
                 continue
-            default = float(np.clip(DEFAULT_SHAPE_REQUEST.get(name, control.default), control.min, control.max))
-            unit = f" ({control.unit})" if control.unit else ""
-            slider = FloatSlider(value=default, min=control.min, max=control.max, label=f"{name}{unit}",
-                                 step=(control.max - control.min) / 200)
+            wanted = control.default if self._editor else DEFAULT_SHAPE_REQUEST.get(name, control.default)
+            default = float(np.clip(wanted, control.min, control.max))
+            if name == "VoxelVolume":  # shown in cm3, sent in mm3
+                low, high, value = control.min / 1000.0, control.max / 1000.0, default / 1000.0
+                label = "tumour core volume (cm3)" if self._editor else "tumour volume (cm3)"
+                what = " core (necrotic core + enhancing tumour; edema not counted)" if self._editor else ""
+                tip = (f"Volume of the tumour{what} in cm3 (pyradiomics VoxelVolume, sent in mm3); range: the "
+                       f"shape model {shape_model}'s training tumours (1st-99th percentile).")
+            else:
+                low, high, value = control.min, control.max, default
+                label, tip = "roundness (sphericity)", ("How round the tumour is: 1 = a perfect sphere, lower = "
+                                                        "more irregular (pyradiomics Sphericity).")
+            slider = FloatSlider(value=value, min=low, max=high, label=label, step=(high - low) / 200)
+            slider.tooltip = tip
             self._shape_sliders[name] = slider
+        if self._editor:
+            low, high, default = NECROTIC_PERCENT
+            slider = FloatSlider(value=default, min=low, max=high, step=0.5, label="necrotic core (% of core)")
+            slider.tooltip = ("Share of the tumour core volume that is necrotic core (label 1), in %; sent to the "
+                              f"two-region shape model {shape_model} as necrotic_core/VoxelVolume.")
+            self._shape_sliders["necrotic_core"] = slider
+        self._shapes.extend(list(self._shape_sliders.values()))
 
-    def _shape_source_changed(self) -> None:
+    def _shape_source_changed(self, *_: Any) -> None:
         for slider in self._shape_sliders.values():
             slider.enabled = self._shape_from.value == SHAPE_FROM_SLIDERS
 
-    def _refresh_texture_controls(self) -> None:
-        """One 'set' checkbox + slider per intuitive texture feature of the model named in the model field."""
+    def _refresh_texture_controls(self, *_: Any) -> None:
+        """One 'set' checkbox + slider per texture control of the model named in the model field (the brain
+        editor's sub-region brightness, or the bridge's intuitive texture features)."""
         self._textures.clear()
         self._texture_controls = {}
+        model = str(self._model.value).strip()
         try:
-            controls = texture_controls(str(self._model.value).strip())
+            if self._editor:
+                controls = [(key, label, low, high, default) for key, label, low, high, default
+                            in editor_texture_controls(model, str(self._sequence.value))]
+            else:
+                controls = [(short, short.replace("_", " "), low, high, default)
+                            for short, low, high, default in texture_controls(model)]
         except MedGenError as error:
             self._texture_note.value = "model not usable yet (see tooltip): texture sliders unavailable"
             self._texture_note.tooltip = str(error)
             return
-        for short, low, high, default in controls:
-            use = CheckBox(value=False, text=f"set {short.replace('_', ' ')}")
-            use.tooltip = f"Ticked: request this value; unticked: from the reference region or the default. " \
-                          f"{TEXTURE_SLIDERS[short].capitalize()}."
-            slider = FloatSlider(value=default, min=low, max=high, step=(high - low) / 200,
-                                 label=short.replace("_", " "), enabled=False)
-            slider.tooltip = f"Training range (2nd-98th percentile) {low:.3g} to {high:.3g}; default {default:.3g}."
+        for key, label, low, high, default in controls:
+            use = CheckBox(value=False, text=f"set {label}")
+            slider = FloatSlider(value=default, min=low, max=high, step=(high - low) / 200, label=label,
+                                 enabled=False)
+            if self._editor:
+                what = EDITOR_TEXTURE_SLIDERS[key][1]
+                use.tooltip = (f"Ticked: request this value; unticked: from the reference region or the editor's "
+                               f"fitted glioma appearance. {what.capitalize()}.")
+                slider.tooltip = (f"{what.capitalize()}, in {EDITOR_UNITS}. Default {default:.2f}: the fitted "
+                                  f"{self._sequence.value} appearance (pipeline texture control {key}).")
+            else:
+                use.tooltip = (f"Ticked: request this value; unticked: from the reference region or the default. "
+                               f"{TEXTURE_SLIDERS[key].capitalize()}.")
+                slider.tooltip = (f"Training range (2nd-98th percentile) {low:.3g} to {high:.3g}; default "
+                                  f"{default:.3g} (pyradiomics original_{key}, the model's normalised units).")
             use.changed.connect(lambda value, s=slider: setattr(s, "enabled", bool(value)))
-            self._texture_controls[short] = (use, slider)
+            self._texture_controls[key] = (use, slider)
             self._textures.extend([use, slider])
         self._texture_note.value = ""
         self._texture_note.tooltip = ""
 
     def texture_request(self) -> dict[str, float]:
-        """The texture features whose checkbox is ticked (short names, the model's units)."""
+        """The texture controls whose checkbox is ticked (bridge: short feature names in the model's units;
+        editor: ``<region>/mean`` in brain-normalised units)."""
         return {name: float(slider.value) for name, (use, slider) in self._texture_controls.items() if use.value}
 
     def shape_request(self) -> dict[str, float]:
-        """The shape generator's request from the sliders (real units)."""
-        return {name: float(slider.value) for name, slider in self._shape_sliders.items()}
+        """The shape generator's request from the sliders (real units: mm3; the necrotic core of the brain editor
+        as ``necrotic_core/VoxelVolume``)."""
+        request: dict[str, float] = {}
+        for name, slider in self._shape_sliders.items():
+            if name == "VoxelVolume":
+                request[name] = float(slider.value) * 1000.0
+            elif name != "necrotic_core":
+                request[name] = float(slider.value)
+        if "necrotic_core" in self._shape_sliders and "VoxelVolume" in request:
+            request["necrotic_core/VoxelVolume"] = request["VoxelVolume"] * float(
+                self._shape_sliders["necrotic_core"].value) / 100.0
+        return request
+
+    def edema_mm(self) -> tuple[float, float] | None:
+        """The brain editor's edema thickness range (None: no edema)."""
+        if not self._edema.value:
+            return None
+        thickness = float(self._edema_mm.value)
+        return (thickness / 3.0, thickness)
 
     # ---- request -------------------------------------------------------------------------------------
     def _scan(self) -> tuple[Any, Volume]:
@@ -292,7 +493,9 @@ class TumourSynthesisWidget(JobWidget):
         if not mask.any():
             which = f"label {label}" if label is not None else "any label"
             raise InvalidInputError(f"The labels layer '{layer.name}' has no voxel of {which}: draw the shape first.")
-        shape = shape.as_labels(mask.astype(np.uint8))
+        # the brain editor keeps the sub-region labels (BraTS values or the shape model's 1 inside 2)
+        kept = np.where(mask, np.asarray(shape.array), 0) if self._editor else mask
+        shape = shape.as_labels(kept.astype(np.uint8) if kept.max(initial=0) < 256 else kept)
         has_point = self._points.value is not None and len(self._points.value.data) > 0
         if shape.same_grid(volume):
             return shape, self._point("tumour centre") if has_point else None
@@ -307,15 +510,27 @@ class TumourSynthesisWidget(JobWidget):
             raise InvalidInputError(f"Unknown operation {operation!r}; choose one of {', '.join(OPERATIONS)}.")
         model = str(self._model.value).strip()
         if not model:
-            raise InvalidInputError("Give a model: a bundled texture-bridge name or a checkpoint folder.")
+            raise InvalidInputError("Give a model: a bundled model name or a checkpoint folder.")
+        editor = is_editor(model)  # a bad name fails here with the hub's message
+        if editor != self._editor:  # typed without the change signal (scripts): controls follow first
+            self._model_changed()
         layer, volume = self._scan()
-        common: dict[str, Any] = {"model": model, "steps": int(self._steps.value), "seed": int(self._seed.value)}
+        common: dict[str, Any] = {"model": model, "seed": int(self._seed.value)}
+        if editor:
+            glioma: dict[str, Any] = {"sequence": str(self._sequence.value)}
+        else:
+            common["steps"] = int(self._steps.value)
+            glioma = {}
         texture = self.texture_request() or None
         if operation == "synthesize":
-            kwargs = dict(common, texture=texture, texture_from=self._texture_from(volume))
+            kwargs = dict(common, texture=texture, texture_from=self._texture_from(volume), **glioma)
+            if editor:
+                kwargs["edema_mm"] = self.edema_mm()
             if self._shape_from.value == SHAPE_FROM_LABELS:
                 shape, centre = self._shape(volume)
-                kwargs.update(shape=shape, center_mm=centre, label_value=self._label_or_none() or 1)
+                kwargs.update(shape=shape, center_mm=centre)
+                if not editor:
+                    kwargs["label_value"] = self._label_or_none() or 1
             else:
                 if not self._shape_sliders:
                     raise InvalidInputError(f"{self._shape_note.tooltip} Use 'shape from: {SHAPE_FROM_LABELS}'.")
@@ -326,13 +541,13 @@ class TumourSynthesisWidget(JobWidget):
         if operation == "remove":
             return ts.remove_job, (volume, labels, label), common, layer.name
         if operation == "retexture":
-            kwargs = dict(common, texture=texture, texture_from=self._texture_from(volume))
+            kwargs = dict(common, texture=texture, texture_from=self._texture_from(volume), **glioma)
             return ts.retexture_job, (volume, labels, label), kwargs, layer.name
         if operation == "resize":
             return ts.resize_job, (volume, labels, float(self._scale.value), label), \
-                dict(common, texture=texture), layer.name
+                dict(common, texture=texture, **glioma), layer.name
         return ts.move_job, (volume, labels, self._point("new tumour centre"), label), \
-            dict(common, texture=texture), layer.name
+            dict(common, texture=texture, **glioma), layer.name
 
     def edit(self, operation: str) -> EditResult:
         """Synchronous run of ``operation`` (scripts and tests); the dock uses the worker path."""
@@ -350,15 +565,23 @@ class TumourSynthesisWidget(JobWidget):
         job, args, kwargs, name = self.job_arguments(operation)
         # the source layer's placement now: the layers may change while the job runs
         on_returned = partial(self._add_layers, operation=operation, name=name,
-                              transform=source_transform(self._image.value))
+                              transform=source_transform(self._image.value), subregions=self._editor)
         return job, args, kwargs, on_returned
 
-    def _add_layers(self, result: EditResult, operation: str, name: str, transform: dict[str, Any]) -> None:
+    def _add_layers(self, result: EditResult, operation: str, name: str, transform: dict[str, Any],
+                    subregions: bool = False) -> None:
+        """The edited scan and its labels as two new layers; with the brain editor the labels layer shows the
+        BraTS sub-regions in their own colours, named in its ``features`` (shown on hover) and its name."""
         from napari_medgen.layers import volume_to_layer_data
 
         past = OPERATIONS[operation]
         image_data, image_kwargs, _ = volume_to_layer_data(result.image, f"{name} {past}")
-        labels_data, labels_kwargs, _ = volume_to_layer_data(result.labels, f"{name} {past} labels")
+        labels_name = f"{name} {past} labels"
+        if subregions:
+            labels_name += " (" + ", ".join(f"{v} {n}" for v, (n, _) in SUBREGIONS.items()) + ")"
+        labels_data, labels_kwargs, _ = volume_to_layer_data(result.labels, labels_name)
+        if subregions:
+            labels_kwargs.update(subregion_layer_kwargs(np.unique(labels_data)))
         for kwargs in (image_kwargs, labels_kwargs):
             kwargs.update({key: np.array(value) for key, value in transform.items()})
             kwargs["metadata"]["medgen_edit"] = result.report
@@ -366,4 +589,10 @@ class TumourSynthesisWidget(JobWidget):
         labels_layer = self._viewer.add_labels(labels_data, **labels_kwargs)
         self.last_layers = (image_layer, labels_layer)
         self.last_report = result.report
-        self._status.value = f"added '{image_layer.name}' and '{labels_layer.name}'"
+        status = f"added '{image_layer.name}' and '{labels_layer.name}'"
+        if subregions:
+            legend = subregion_legend(labels_data, result.labels.spacing)
+            status += f": {legend}"
+            self._status.tooltip = ("Labels: " + ", ".join(f"{v} = {n} ({c})" for v, (n, c) in SUBREGIONS.items())
+                                    + ". Hover a voxel to see its sub-region in the status bar.")
+        self._status.value = status

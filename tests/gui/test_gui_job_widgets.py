@@ -325,11 +325,13 @@ def test_steps_follow_the_pipeline_default(name, field, module, bundled, make_na
     assert widget._steps.value == 7
 
 
-def test_synthesis_steps_follow_the_model(make_napari_viewer, request, tiny_bridge) -> None:
-    from napari_medgen.pipelines.tumor_synthesis import DEFAULT_MODEL, resolve_steps
+def test_synthesis_steps_follow_the_model(make_napari_viewer, request, tiny_bridge, tiny_editor) -> None:
+    from napari_medgen.pipelines.tumor_synthesis import resolve_steps
 
     _, widget = _setup("synthesis", make_napari_viewer, request)
-    widget._model.value = DEFAULT_MODEL
-    assert widget._steps.value == resolve_steps(DEFAULT_MODEL)
+    widget._model.value = "bridge-brain-t1c"  # the bundled texture bridge
+    assert widget._steps.value == resolve_steps("bridge-brain-t1c") and widget._steps.enabled
     widget._model.value = str(tiny_bridge)
     assert widget._steps.value == resolve_steps(str(tiny_bridge))
+    widget._model.value = str(tiny_editor)  # the brain editor has no steps: the box is disabled
+    assert not widget._steps.enabled

@@ -64,8 +64,10 @@ def test_changing_the_model_rescales_the_sliders(make_napari_viewer) -> None:
     from napari_medgen.pipelines.shape_generation import shape_controls
     from napari_medgen.widgets.tumour_shape import TumourShapeWidget
 
-    widget = TumourShapeWidget(make_napari_viewer())
+    widget = TumourShapeWidget(make_napari_viewer(), model="shape-gan-lesion")
+    assert not widget._necrotic_use.enabled  # one-region model: no necrotic core
     widget._model.value = "shape-gan-brats"
+    assert widget._necrotic_use.enabled
     brats = {c.name: c for c in shape_controls("shape-gan-brats")}
     use, slider = widget._controls["VoxelVolume"]
     assert (slider.min, slider.max) == pytest.approx((brats["VoxelVolume"].min, brats["VoxelVolume"].max), rel=1e-6)
@@ -74,3 +76,31 @@ def test_changing_the_model_rescales_the_sliders(make_napari_viewer) -> None:
     widget._model.value = "/no/such/model"
     assert widget._status.value.startswith("model:")  # a clear message, sliders left as they were
     assert slider.max == pytest.approx(brats["VoxelVolume"].max, rel=1e-6)
+
+
+def test_brain_model_is_the_default_with_a_necrotic_core_control(viewer_with_phantom_and_point, qtbot) -> None:
+    from napari_medgen.pipelines.appearance_editing import SHAPE_MODEL
+    from napari_medgen.widgets.tumour_shape import TumourShapeWidget
+
+    viewer, image_layer, _, centre_index = viewer_with_phantom_and_point
+    widget = TumourShapeWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Tumour shape")
+    assert widget._model.value == SHAPE_MODEL == "shape-gan-brats"
+    assert widget._necrotic_use.enabled and not widget._necrotic.enabled and widget._necrotic.tooltip
+    use, slider = widget._controls["VoxelVolume"]
+    use.value, slider.value = False, 8000.0
+    widget._necrotic_use.value = True
+    assert widget._necrotic.enabled
+    widget._necrotic.value = 25.0
+    request = widget.request()
+    assert request["VoxelVolume"] == pytest.approx(8000.0)
+    assert request["necrotic_core/VoxelVolume"] == pytest.approx(2000.0)
+    widget._generate.clicked.emit()
+    qtbot.waitUntil(lambda: widget.last_layer is not None or widget._status.value.startswith("error"),
+                    timeout=120000)
+    assert widget.last_layer is not None, widget._status.value
+    data = np.asarray(widget.last_layer.data)
+    assert {1, 2} <= set(np.unique(data).tolist())  # necrotic core (1) inside the tumour core (2)
+    widget._model.value = "shape-gan-lesion"
+    assert not widget._necrotic_use.enabled and not widget._necrotic_use.value
+    assert "necrotic_core/VoxelVolume" not in widget.request()

@@ -90,7 +90,7 @@ def _assert_untouched(viewer, before) -> None:
 def test_synthesize_at_a_point_adds_one_image_and_one_labels_layer(phantom_viewer, qtbot, tiny_bridge) -> None:
     viewer, image_layer, labels_layer, points, target = phantom_viewer
     widget = _widget(viewer, tiny_bridge, image_layer, labels_layer, points)
-    widget._shape_sliders["VoxelVolume"].value = 1500.0
+    widget._shape_sliders["VoxelVolume"].value = 1.5  # cm3
     before = _snapshot_layers(viewer)
     _run(widget, qtbot, "synthesize")
     assert widget.last_layers is not None, widget._status.value
@@ -322,3 +322,142 @@ def test_widget_opens_from_the_plugin_manifest(make_napari_viewer) -> None:
     _, widget = viewer.window.add_plugin_dock_widget("napari-medgen", "Tumour synthesis")
     assert type(widget).__name__ == "TumourSynthesisWidget"
     assert sorted(widget._buttons) == sorted(["synthesize", "remove", "retexture", "resize", "move"])
+
+
+# ---- the brain editor (tiny untrained checkpoint: learned inpainting + glioma appearance) --------------------
+def test_controls_switch_between_the_bridge_and_the_brain_editor(make_napari_viewer, tiny_bridge,
+                                                                 tiny_editor) -> None:
+    from napari_medgen.pipelines.appearance_editing import SHAPE_MODEL
+    from napari_medgen.pipelines.shape_generation import shape_controls
+    from napari_medgen.widgets.tumour_synthesis import (
+        EDITOR_TEXTURE_SLIDERS,
+        TEXTURE_SLIDERS,
+        TumourSynthesisWidget,
+    )
+
+    widget = TumourSynthesisWidget(make_napari_viewer(), model=str(tiny_bridge))
+    assert sorted(widget._texture_controls) == sorted(TEXTURE_SLIDERS) and widget._steps.enabled
+    assert "necrotic_core" not in widget._shape_sliders and len(widget._editor_options) == 0
+
+    widget._model.value = str(tiny_editor)
+    assert sorted(widget._texture_controls) == sorted(EDITOR_TEXTURE_SLIDERS)
+    assert not widget._steps.enabled and "no sampling steps" in widget._steps.tooltip
+    assert list(widget._sequence.choices) == ["T1c"] and len(widget._editor_options) == 3
+    for use, slider in widget._texture_controls.values():
+        assert "brain-normalised" in slider.tooltip and use.tooltip and not slider.enabled
+    brats = {c.name: c for c in shape_controls(SHAPE_MODEL)}
+    volume = widget._shape_sliders["VoxelVolume"]
+    assert volume.max == pytest.approx(brats["VoxelVolume"].max / 1000.0) and "cm3" in volume.label
+    volume.value, widget._shape_sliders["necrotic_core"].value = 20.0, 25.0
+    request = widget.shape_request()
+    assert request["VoxelVolume"] == pytest.approx(20000.0)
+    assert request["necrotic_core/VoxelVolume"] == pytest.approx(5000.0)
+    assert "Sphericity" in request and all(w.tooltip for w in widget._shape_sliders.values())
+    use, slider = widget._texture_controls["enhancing/mean"]
+    use.value, slider.value = True, 0.9
+    assert widget.texture_request() == {"enhancing/mean": pytest.approx(0.9, abs=0.01)}
+    widget._edema.value = False
+    assert widget.edema_mm() is None and not widget._edema_mm.enabled
+    widget._edema.value, widget._edema_mm.value = True, 6.0
+    assert widget.edema_mm() == pytest.approx((2.0, 6.0))
+
+    widget._model.value = str(tiny_bridge)  # back: the old controls
+    assert sorted(widget._texture_controls) == sorted(TEXTURE_SLIDERS) and widget._steps.enabled
+    assert "necrotic_core" not in widget._shape_sliders and len(widget._editor_options) == 0
+
+
+def _brats_viewer(make_napari_viewer):
+    from tests.conftest import brats_phantom
+
+    image, labels = brats_phantom()
+    viewer = make_napari_viewer()
+    image_layer = _add(viewer, image, "brain")
+    labels_layer = _add(viewer, labels, "glioma")
+    centre = np.argwhere(np.asarray(labels.array) > 0).mean(axis=0)
+    points = viewer.add_points([image_layer.data_to_world(centre)], name="location")
+    return viewer, image_layer, labels_layer, points, labels
+
+
+def test_editor_synthesize_shows_named_subregions_and_preselects_layers(make_napari_viewer, qtbot,
+                                                                         tiny_editor) -> None:
+    from napari_medgen.widgets.tumour_synthesis import SUBREGIONS, TumourSynthesisWidget
+
+    viewer, image_layer, labels_layer, points, _ = _brats_viewer(make_napari_viewer)
+    widget = TumourSynthesisWidget(viewer, model=str(tiny_editor))
+    viewer.window.add_dock_widget(widget, name="Tumour synthesis")
+    assert widget._points.value is points and widget._labels.value is labels_layer  # pre-selected
+    widget._image.value = image_layer
+    widget._shape_sliders["VoxelVolume"].value = 2.5  # cm3
+    widget._shape_sliders["necrotic_core"].value = 20.0
+    widget._edema_mm.value = 4.0
+    before = _snapshot_layers(viewer)
+    _run(widget, qtbot, "synthesize")
+    assert widget.last_layers is not None, widget._status.value
+    assert len(viewer.layers) == len(before) + 2
+    _assert_untouched(viewer, before)
+    image_out, labels_out = widget.last_layers
+    _assert_same_transform(labels_out, image_layer)
+    values = set(np.unique(labels_out.data).tolist())
+    assert values <= {0, 1, 2, 4} and {1, 2, 4} <= values
+    assert labels_out.name == "brain synthesized labels (1 necrotic core, 2 edema, 4 enhancing tumour)"
+    features = labels_out.features
+    named = dict(zip(features["index"], features["sub-region"], strict=True))
+    assert {v: named[v] for v in SUBREGIONS} == {v: n for v, (n, _) in SUBREGIONS.items()}
+    colours = {v: tuple(np.round(labels_out.colormap.map(v), 3)) for v in (1, 2, 4)}
+    assert len(set(colours.values())) == 3 and labels_out.colormap.map(0)[3] == 0
+    assert "1 necrotic core (red)" in widget._status.value and "cm3" in widget._status.value
+    assert "2 = edema" in widget._status.tooltip
+    report = widget.last_report
+    assert report["operation"] == "synthesize" and report["shape_from"].startswith("shape generator")
+    assert report["shape_request"]["necrotic_core/VoxelVolume"] == pytest.approx(500.0)
+    assert report["edema_mm"] == pytest.approx([4.0 / 3.0, 4.0]) and "steps" not in report
+    region = np.asarray(labels_out.data) > 0
+    assert not np.array_equal(np.asarray(image_out.data)[region], np.asarray(image_layer.data)[region])
+
+
+def test_editor_remove_and_retexture_run_through_the_worker(make_napari_viewer, qtbot, tiny_editor) -> None:
+    viewer, image_layer, labels_layer, _, labels = _brats_viewer(make_napari_viewer)
+    widget = _widget(viewer, tiny_editor, image_layer, labels_layer)
+    _run(widget, qtbot, "remove")
+    assert widget.last_layers is not None, widget._status.value
+    image_out, labels_out = widget.last_layers
+    assert not np.any(labels_out.data) and widget.last_report["method"] == "model"
+    assert "no tumour left" in widget._status.value
+    tumour = np.asarray(labels.array) > 0
+    assert not np.array_equal(np.asarray(image_out.data)[tumour], np.asarray(image_layer.data)[tumour])
+
+    use, slider = widget._texture_controls["necrotic/mean"]
+    use.value, slider.value = True, 0.1
+    _run(widget, qtbot, "retexture")
+    assert widget.last_layers is not None and widget._status.value.startswith("added"), widget._status.value
+    np.testing.assert_array_equal(np.asarray(widget.last_layers[1].data), np.asarray(labels.array))
+    assert widget.last_report["texture_controls"] == {"necrotic/mean": pytest.approx(0.1, abs=0.01)}
+
+
+def test_editor_synthesize_keeps_the_subregions_of_a_labels_layer(make_napari_viewer, qtbot, tiny_editor) -> None:
+    from napari_medgen.widgets.tumour_synthesis import SHAPE_FROM_LABELS
+
+    viewer, image_layer, labels_layer, points, labels = _brats_viewer(make_napari_viewer)
+    widget = _widget(viewer, tiny_editor, image_layer, labels_layer)
+    widget._shape_from.value = SHAPE_FROM_LABELS
+    _run(widget, qtbot, "synthesize")
+    assert widget.last_layers is not None, widget._status.value
+    np.testing.assert_array_equal(np.asarray(widget.last_layers[1].data), np.asarray(labels.array))
+
+
+def test_new_points_and_labels_layers_are_preselected_once(make_napari_viewer, tiny_bridge) -> None:
+    from napari_medgen.widgets.tumour_synthesis import TumourSynthesisWidget
+
+    viewer = make_napari_viewer()
+    widget = TumourSynthesisWidget(viewer, model=str(tiny_bridge))
+    viewer.window.add_dock_widget(widget, name="Tumour synthesis")
+    assert widget._points.value is None and widget._labels.value is None
+    points = viewer.add_points(np.zeros((1, 3)), name="location")
+    labels = viewer.add_labels(np.zeros((8, 8, 8), np.uint8), name="tumour shape")
+    assert widget._points.value is points and widget._labels.value is labels
+    widget._labels.value = None  # the user's choice is kept while the layers stay the same
+    viewer.layers.selection.active = points
+    widget.reset_choices()
+    assert widget._labels.value is None
+    newer = viewer.add_labels(np.zeros((8, 8, 8), np.uint8), name="another shape")
+    assert widget._labels.value is newer

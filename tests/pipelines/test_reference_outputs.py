@@ -85,18 +85,19 @@ def test_tumour_editing(reference: dict[str, np.ndarray]) -> None:
     from napari_medgen.pipelines import tumor_synthesis as ts
 
     image, _, core = _phantom()
+    bridge = {"model": "bridge-brain-t1c", "device": "cpu"}  # recorded when the bridge was the default editor
     r = ts.synthesize(image, center_mm=(2.0, -3.0, 1.0), shape_request={"VoxelVolume": 1500.0}, steps=2, seed=4,
-                      device="cpu")
+                      **bridge)
     assert_matches("synthesize_image", r.image.array, reference)
     assert_matches("synthesize_labels", r.labels.array, reference)
-    assert_matches("remove_image", ts.remove(image, core, steps=2, seed=5, device="cpu").image.array, reference)
-    r = ts.retexture(image, core, texture={"firstorder_Mean": 0.5}, steps=2, seed=6, device="cpu")
+    assert_matches("remove_image", ts.remove(image, core, steps=2, seed=5, **bridge).image.array, reference)
+    r = ts.retexture(image, core, texture={"firstorder_Mean": 0.5}, steps=2, seed=6, **bridge)
     assert_matches("retexture_image", r.image.array, reference)
-    r = ts.resize(image, core, 0.8, steps=2, seed=7, device="cpu")
+    r = ts.resize(image, core, 0.8, steps=2, seed=7, **bridge)
     assert_matches("resize_image", r.image.array, reference)
     assert_matches("resize_labels", r.labels.array, reference)
     centre = index_to_physical(image, np.argwhere(np.asarray(core.array)).mean(axis=0) + np.array([0, 2, 3]))
-    r = ts.move(image, core, tuple(float(x) for x in centre), steps=2, seed=8, device="cpu")
+    r = ts.move(image, core, tuple(float(x) for x in centre), steps=2, seed=8, **bridge)
     assert_matches("move_image", r.image.array, reference)
     assert_matches("move_labels", r.labels.array, reference)
 
@@ -124,7 +125,7 @@ def test_augmentation_batch(reference: dict[str, np.ndarray], tmp_path: Path) ->
     result = CliRunner().invoke(app, [
         "batch", str(tmp_path / "cases"), "--out-dir", str(tmp_path / "aug"), "--variants", "1", "--volume-range",
         "800,1200", "--sphericity-range", "0.7,0.9", "--seed", "5", "--steps", "2", "--margin-mm", "8", "-q",
-        "--device", "cpu"])
+        "--device", "cpu", "--model", "bridge-brain-t1c"])
     assert result.exit_code == 0, result.output
     assert_matches("batch_image", io.read_volume(tmp_path / "aug" / "case_a_synth0.nii.gz").array, reference)
     assert_matches("batch_mask", io.read_labels(tmp_path / "aug" / "case_a_synth0_mask.nii.gz").array, reference)
