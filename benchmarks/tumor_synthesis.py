@@ -1,31 +1,39 @@
-"""Tumour synthesis, removal and texture fidelity of the latent Brownian-bridge texture generator (issue 5).
+"""Tumour removal (healthy-tissue inpainting) under the BraTS inpainting challenge protocol and metric (issue 13).
 
-    python benchmarks/tumor_synthesis.py [--model bridge-brain-t1c] [--image-glob 'T1c*.nii.gz'] [--quick]
-                                         [--no-docs] [--out benchmarks/results/tumor_synthesis.json]
+    python benchmarks/tumor_synthesis.py [--model outputs/inpainter-brain/model] [--quick] [--docs]
 
-Every measurement runs on the cases the model never saw (its ``hub_extra["splits"]`` val + test), seed 0,
-and everything is scored on the model's normalised intensity scale ([-1, 1], the VQ-GAN normalisation of
-each scan):
+Protocol (as the challenge builds its test set; merged from the former ``benchmarks/inpainting_removal.py``):
 
-1. Synthesis: the tumour core (labels 1, 3, 4; the whole tumour when the core has < 300 voxels) is
-   repainted from its *own* texture features (`retexture` with `measure_texture` of the real tumour);
-   PSNR and SSIM inside the region against the real scan, versus a 3 mm-ring mean fill and a smoothed
-   (normalised-convolution + harmonic relaxation) inpainting from the surrounding brain.
-2. Removal: the tumour core of *another* case is pasted into healthy brain of this case (fully inside the
-   brain, >= 10 mm from this case's tumour, at the valid position deepest inside the healthy brain); `remove`
-   (``margin_mm=0``: the pasted region is healthy, there is no tumour rim to take away) is compared with the
-   real healthy tissue there, against the same two baselines.
-3. Texture fidelity (seed 003 Table 2: brain Pearson 0.864 / Spearman 0.906): correlation between the 74
-   requested and re-extracted features (`measure_texture` of the output), on raw values and on the model's
-   normalised feature scale; (a) the tumour's own features, (b) another tumour's features in this mask.
-   Two references that need no model: the inpainting baseline's features and two different real tumours'
-   features (what a model that ignored the request would score).
-4. Steps versus quality (200 / 50 / 20 sampling steps) for 1, 2 and 3a, with seconds per call.
-5. Speed of `synthesize` (shape-generator tumour, VoxelVolume 8000 mm3) and `remove` (the real tumour) in the
-   full 240x240x155 scan, with the pipeline's default number of steps.
+- held-out BRATS cases of the project's split (pat0001, pat0004: never trained on), T1c and FLAIR; for each case
+  ``--masks`` masks (seeded): ANOTHER case's tumour core (labels 1, 3, 4), randomly flipped along each axis and
+  rotated about the z axis, placed where every voxel is >= 6 voxels from this case's tumour (labels > 0, i.e. a gap
+  of >= 5 voxels) and >= 75 % of it inside the brain, then cut to the brain;
+- the voided image (every masked voxel = 0) is the ONLY input of every method (the truth is never passed);
+- two intensity conventions: "raw-like" (the z-scored scan shifted so the background is 0 and the brain positive,
+  scaled so the brain's 99.5th percentile is 3000, int16: what BraTS 2023 challenge scans look like) and "z-scored"
+  (as stored, float32; background = the minimum, the voided region = 0 = the brain mean);
+- scored with ``inpainting.challenge_metrics_2023.generate_metrics(prediction, target, normalization_tensor=voided,
+  mask)`` on ``[1, x, y, z]`` tensors (SSIM map and PSNR inside the mask, both images scaled by the 0.5 / 99.5
+  percentiles of the voided image and clipped below at 0). The call is cut to the mask's bounding box + 12 voxels
+  (same numbers, checked once per run against the full call: ``crop_check`` in the JSON).
 
-``--quick``: one case, 20 steps only, also in the speed test (a smoke test). ``--no-docs``: write neither
-docs/benchmarks.md nor the results JSON (unless ``--out`` is given); the markdown section is printed instead.
+Methods: ``mean``, ``harmonic`` (brain-aware), ``mirror``, ``mirror-harmonic`` and ``model`` (the learned
+`Inpainter`, ``--model``) all through ``pipelines.tumour_removal.inpaint`` as a user calls it; ``previous`` = the
+previously bundled latent Brownian bridge (``pipelines.tumor_synthesis.remove``, bridge-brain-t1c, margin 0) at each
+of ``--bridge-steps`` (the first on everything, the others on T1c raw-like only: steps vs quality).
+
+Scans the project has never seen: the MNI152 T1 template (nilearn; healthy, symmetric: mirror fills are trivially
+exact there, so only mean / harmonic / model / previous are run) and the pyradiomics brain1 / brain2 T1c scans
+(raw int16, 6.5 mm slices, skull not stripped; the bridge refuses the spacing). The MONAI and MedPy brain files are
+listed with why they cannot be used.
+
+Also: the speed of one edit of a 240x240x155 scan with a 60-100 cm3 region (model on 1 and 2 threads, the bridge at
+its default steps), montages (axial + coronal crops around the mask, one window per row), and the synthesis
+(glioma appearance) section from ``benchmarks/tumour_appearance.py`` / its results JSON when present.
+
+Writes benchmarks/results/tumor_synthesis.{json,md} and tumor_synthesis_*.png. ``--docs`` also replaces the
+``<!-- benchmark:tumor_synthesis:begin/end -->`` section of docs/benchmarks.md. ``--quick``: one case, one mask, T1c
+only, one mask per unseen scan (a smoke test, < 5 min). ``--render``: re-render the markdown from the JSON only.
 """
 
 from __future__ import annotations
@@ -38,636 +46,519 @@ import re
 import shlex
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from scipy import ndimage, stats
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from napari_medgen.core.geometry import index_to_physical  # noqa: E402
 from napari_medgen.core.io import read_labels, read_volume  # noqa: E402
-from napari_medgen.core.volume import LabelMap, Volume  # noqa: E402
-from napari_medgen.errors import MedGenError  # noqa: E402
-from napari_medgen.hub import load_cached, resolve_checkpoint  # noqa: E402
-from napari_medgen.pipelines import tumor_synthesis as ts  # noqa: E402
-from napari_medgen.radiomics.conditioning import FeatureNormalizer  # noqa: E402
+from napari_medgen.core.volume import Volume  # noqa: E402
 
-SECTION_TITLE = "## Tumour synthesis (latent Brownian bridge, issue 5)"
+RESULTS = ROOT / "benchmarks" / "results"
+SECTION_TITLE = "## Tumour removal and synthesis (issue 13)"
 BEGIN_MARKER = "<!-- benchmark:tumor_synthesis:begin -->"
 END_MARKER = "<!-- benchmark:tumor_synthesis:end -->"
 CORE_LABELS = (1, 3, 4)
-MIN_CORE_VOXELS = 300
-RING_MM = 3.0
-HEALTHY_DISTANCE_MM = 10.0
-DATA_RANGE = 2.0  # the normalised intensities span [-1, 1]
-SSIM_SIGMA = 1.5
-SSIM_TRUNCATE = 3.5  # window radius 5 voxels (11^3), as skimage's gaussian_weights=True
-PAPER = {"pearson": 0.864, "spearman": 0.906, "source": "seed 003 (TS-Radiomics, WACV 2025) Table 2, brain"}
-SEED = 0
+HELD_OUT = ("brats_2013_pat0001_1", "brats_2013_pat0004_1")
+TRAINING = ("brats_2013_pat0002_1", "brats_2013_pat0003_1", "brats_2013_pat0005_1")
+SEQUENCES = {"T1c": "T1c_subtrMeanDivStd.nii.gz", "FLAIR": "Flair_subtrMeanDivStd.nii.gz"}
+CLASSICAL = ("mean", "harmonic", "mirror", "mirror-harmonic")
+ALL_METHODS = (*CLASSICAL, "model", "previous")
+MONTAGE_COLUMNS = ("truth", "voided", "mean", "harmonic", "mirror-harmonic", "model", "previous")
+BRIDGE = "bridge-brain-t1c"
+RAW_TOP = 3000.0  # the brain's 99.5th percentile in the raw-like convention
+GAP_MM = 6.0  # every mask voxel >= 6 voxels (1 mm) from the tumour: a gap of >= 5 voxels
+REFERENCES = [  # published on the BraTS 2023 inpainting test set (not measured here, different data)
+    ("BraTS 2023 inpainting, 2nd place (2D DDPM)", 0.827, 20.5, None),
+    ("fastWDM3D (2 steps)", 0.857, 22.3, 1.8),
+    ("BraTS 2025 inpainting winner (3D U-Net)", 0.919, 26.9, None),
+]
+CROP_CHECK: dict | None = None
 
 
-# ---- data --------------------------------------------------------------------------------------------------
-def load_case(data: Path, case: str, image_glob: str) -> tuple[Volume, LabelMap]:
-    folder = data / case
-    images = sorted(folder.glob(image_glob))
-    if len(images) != 1:
-        raise SystemExit(f"{folder}: expected one image matching {image_glob!r}, found {len(images)}")
-    return read_volume(images[0]), read_labels(folder / "OTMultiClass.nii.gz")
+# ---- masks (challenge protocol) ----------------------------------------------------------------------------
+def random_shape(core: np.ndarray, rng: np.random.Generator, zoom: Sequence[float] | None = None) -> np.ndarray:
+    """The donor's tumour core cropped, flipped along random axes, rotated about z by a random angle and (``zoom``)
+    resampled from the donor's 1 mm grid to the target's."""
+    box = ndimage.find_objects(core.astype(np.uint8))[0]
+    shape = core[box]
+    for axis in range(3):
+        if rng.random() < 0.5:
+            shape = np.flip(shape, axis)
+    angle = float(rng.uniform(0, 360))
+    shape = ndimage.rotate(shape.astype(np.float32), angle, axes=(1, 2), order=1, reshape=True) > 0.5
+    if zoom is not None and not np.allclose(zoom, 1.0):
+        shape = ndimage.zoom(shape.astype(np.float32), zoom, order=1) > 0.5
+    found = ndimage.find_objects(shape.astype(np.uint8))
+    return shape[found[0]] if found else shape
 
 
-def tumour_core(labels: np.ndarray) -> tuple[np.ndarray, str]:
-    """Labels 1, 3, 4 (necrosis, non-enhancing, enhancing); the whole tumour when the core is too small."""
-    core = np.isin(labels, CORE_LABELS)
-    if int(core.sum()) >= MIN_CORE_VOXELS:
-        return core, "core (labels 1, 3, 4)"
-    return labels > 0, "whole tumour (core < 300 voxels)"
+def place(shape: np.ndarray, brain: np.ndarray, gap: np.ndarray, rng: np.random.Generator,
+          tries: int = 3000) -> np.ndarray | None:
+    """``shape`` at a random brain position with every voxel >= `GAP_MM` from the tumour (``gap``: distance in mm)
+    and >= 75 % inside the brain, cut to the brain; None if no try succeeds."""
+    candidates = np.argwhere(brain)
+    n = np.array(shape.shape)
+    for _ in range(tries):
+        centre = candidates[rng.integers(len(candidates))]
+        start = centre - n // 2
+        if np.any(start < 0) or np.any(start + n > np.array(brain.shape)):
+            continue
+        sl = tuple(slice(s, s + k) for s, k in zip(start, n, strict=True))
+        if not np.all(gap[sl][shape] >= GAP_MM) or brain[sl][shape].mean() < 0.75:
+            continue
+        mask = np.zeros(brain.shape, bool)
+        mask[sl] = shape
+        return mask & brain
+    return None
 
 
-def brain_mask(image: np.ndarray) -> np.ndarray:
-    """Brain foreground of a skull-stripped scan: voxels above the background (its minimum), holes filled."""
-    return ndimage.binary_fill_holes(image > image.min())
+def make_masks(brain: np.ndarray, tumour: np.ndarray | None, donors: Sequence[tuple[str, np.ndarray]], n_masks: int,
+               rng: np.random.Generator, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+               min_cm3: float = 1.0) -> list[tuple[np.ndarray, str]]:
+    """``n_masks`` challenge masks from the donors' (name, 1 mm core) shapes."""
+    spacing = tuple(float(s) for s in spacing)
+    gap = (np.full(brain.shape, np.inf) if tumour is None or not tumour.any()
+           else ndimage.distance_transform_edt(~tumour, sampling=spacing))
+    zoom = tuple(1.0 / s for s in spacing)
+    masks: list[tuple[np.ndarray, str]] = []
+    attempts = 0
+    while len(masks) < n_masks and attempts < 20 * n_masks:
+        attempts += 1
+        name, core = donors[int(rng.integers(len(donors)))]
+        mask = place(random_shape(core, rng, zoom), brain, gap, rng)
+        if mask is not None and mask.sum() * np.prod(spacing) / 1000 > min_cm3:
+            masks.append((mask, name))
+    return masks
 
 
-def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
-    coords = np.argwhere(mask)
-    lo = np.maximum(coords.min(axis=0) - margin, 0)
-    hi = np.minimum(coords.max(axis=0) + 1 + margin, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+# ---- scoring ---------------------------------------------------------------------------------------------------
+def challenge_scores(prediction: np.ndarray, truth: np.ndarray, voided: np.ndarray, mask: np.ndarray, *,
+                     crop: bool = True) -> dict[str, float]:
+    """``generate_metrics`` called as the challenge's ``compute_image_quality_metrics`` does.
+
+    A full 240x240x155 call takes ~20 s on one thread (the SSIM map of the whole volume). With ``crop`` the
+    prediction, truth and mask are cut to the mask's bounding box + 12 voxels while the normalisation tensor stays
+    the whole voided image: the percentiles are unchanged, every voxel outside the mask is 0 after masking in both,
+    and 12 voxels cover the 11-tap SSIM window plus its reflect padding, so SSIM inside the mask, MSE and PSNR are
+    the same (checked once per run, ``crop_check``)."""
+    import torch
+    from inpainting.challenge_metrics_2023 import generate_metrics
+
+    box = tuple(slice(None) for _ in range(3))
+    if crop:
+        found = ndimage.find_objects(mask.astype(np.uint8))[0]
+        box = tuple(slice(max(b.start - 12, 0), min(b.stop + 12, n)) for b, n in zip(found, mask.shape, strict=True))
+
+    def tensor(a: np.ndarray) -> torch.Tensor:  # (z, y, x) -> nibabel's (x, y, z), then [1, x, y, z]
+        return torch.from_numpy(np.ascontiguousarray(np.transpose(a, (2, 1, 0)))).unsqueeze(0)
+
+    metrics = generate_metrics(
+        prediction=tensor(prediction[box].astype(np.float32)),
+        target=tensor(truth[box].astype(np.float32)),
+        normalization_tensor=tensor(voided.astype(np.float32)),
+        mask=tensor(mask[box]).bool(),
+    )
+    return {k: float(metrics[k]) for k in ("ssim", "psnr", "mse")}
 
 
-# ---- image metrics (normalised scale) --------------------------------------------------------------------
-def psnr(output: np.ndarray, reference: np.ndarray, region: np.ndarray) -> float:
-    """PSNR over the region's voxels with the normalised range (2) as peak."""
-    mse = float(np.mean((output[region].astype(np.float64) - reference[region]) ** 2))
-    return float(10.0 * np.log10(DATA_RANGE ** 2 / max(mse, 1e-12)))
+# ---- data ------------------------------------------------------------------------------------------------------
+def raw_like(z: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """The z-scored scan as BraTS 2023 ships scans: background 0, brain positive, int16 (99.5th brain pct = 3000)."""
+    background = float(z[~brain].min()) if (~brain).any() else float(z.min())
+    top = float(np.percentile(z[brain], 99.5))
+    return np.rint(np.clip((z - background) / (top - background) * RAW_TOP, 0, 32767)).astype(np.int16)
 
 
-def _ssim_map_scipy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Gaussian-window SSIM map (Wang et al. 2004, population covariances), the fallback without scikit-image."""
-    def blur(x: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(x, SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
-
-    c1, c2 = (0.01 * DATA_RANGE) ** 2, (0.03 * DATA_RANGE) ** 2
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a ** 2
-    var_b = blur(b * b) - mu_b ** 2
-    cov = blur(a * b) - mu_a * mu_b
-    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+def load_brats_case(data: Path, name: str, sequences: Sequence[str]) -> dict[str, Any]:
+    folder = data / "brats2015_subset" / name
+    labels = np.asarray(read_labels(folder / "OTMultiClass.nii.gz").array).astype(np.int16)
+    brain = np.asarray(read_volume(folder / "brainmask.nii.gz").array) > 0
+    images = {seq: read_volume(folder / SEQUENCES[seq]) for seq in sequences}
+    return {"name": name, "labels": labels, "brain": brain, "images": images}
 
 
-def ssim(output: np.ndarray, reference: np.ndarray, region: np.ndarray) -> float:
-    """3D SSIM (gaussian 11^3 window, sigma 1.5) computed on the region's bounding box (plus the window radius),
-    averaged over the region's voxels, so unchanged tissue around the region does not inflate it."""
-    box = bounding_box(region, margin=int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5))
-    a = output[box].astype(np.float64)
-    b = reference[box].astype(np.float64)
-    try:
-        from skimage.metrics import structural_similarity
-
-        _, smap = structural_similarity(b, a, data_range=DATA_RANGE, gaussian_weights=True, sigma=SSIM_SIGMA,
-                                        use_sample_covariance=False, full=True)
-    except ImportError:
-        smap = _ssim_map_scipy(b, a)
-    return float(smap[region[box]].mean())
+def brats_cores(data: Path) -> list[tuple[str, np.ndarray]]:
+    cores = []
+    for folder in sorted((data / "brats2015_subset").glob("brats_*")):
+        labels = np.asarray(read_labels(folder / "OTMultiClass.nii.gz").array)
+        cores.append((folder.name, np.isin(labels, CORE_LABELS)))
+    return cores
 
 
-def ssim_bbox(output: np.ndarray, reference: np.ndarray, region: np.ndarray) -> float | None:
-    """skimage's mean SSIM of the region's exact bounding box (tissue around the region included); None when a
-    side is shorter than the 11-voxel window or scikit-image is missing. Kept in the JSON for comparison."""
-    box = bounding_box(region)
-    if min(s.stop - s.start for s in box) < 11:
-        return None
-    try:
-        from skimage.metrics import structural_similarity
-    except ImportError:
-        return None
-    return float(structural_similarity(reference[box].astype(np.float64), output[box].astype(np.float64),
-                                       data_range=DATA_RANGE, gaussian_weights=True, sigma=SSIM_SIGMA,
-                                       use_sample_covariance=False))
-
-
-def quality(output: np.ndarray, reference: np.ndarray, region: np.ndarray) -> dict[str, float | None]:
-    return {"psnr": psnr(output, reference, region), "ssim": ssim(output, reference, region),
-            "ssim_bounding_box": ssim_bbox(output, reference, region)}
-
-
-# ---- baselines (normalised scale) -------------------------------------------------------------------------
-def mean_fill(image: np.ndarray, region: np.ndarray, brain: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
-    """The region filled with the mean of the brain tissue in a 3 mm ring around it."""
-    box = bounding_box(region, margin=int(np.ceil(RING_MM / min(spacing_zyx))) + 1)
-    reg = region[box]
-    ring = (ndimage.distance_transform_edt(~reg, sampling=spacing_zyx) <= RING_MM) & ~reg & brain[box]
-    out = image.copy()
-    out[region] = float(image[box][ring].mean()) if ring.any() else float(image[brain & ~region].mean())
+def crude_brain(image: np.ndarray, spacing: Sequence[float], erode_mm: float = 12.0) -> np.ndarray:
+    """A rough intracranial mask of a scan whose skull is not stripped: per slice, the head (above 10 % of the 99th
+    percentile, holes filled) eroded by ``erode_mm`` in plane (removes scalp and skull, not exactly)."""
+    threshold = 0.1 * float(np.percentile(image, 99))
+    iterations = max(1, int(round(erode_mm / float(spacing[1]))))
+    out = np.zeros(image.shape, bool)
+    for z in range(image.shape[0]):
+        head = ndimage.binary_fill_holes(ndimage.binary_opening(image[z] > threshold, iterations=2))
+        out[z] = ndimage.binary_erosion(head, iterations=iterations)
     return out
 
 
-def smooth_inpaint(image: np.ndarray, region: np.ndarray, brain: np.ndarray, sigma: float = 2.0,
-                   relax_iterations: int = 50) -> np.ndarray:
-    """Inpainting from the surrounding brain: normalised convolution (gaussian of the masked image over the
-    gaussian of the mask), peeled inwards until every region voxel has a value, then harmonic relaxation
-    (repeated normalised smoothing of the region with the surrounding tissue held fixed)."""
-    box = bounding_box(region, margin=int(4 * sigma) + 8)
-    reg = region[box]
-    tissue = brain[box] | reg
-    known = tissue & ~reg
-    if not known.any():
-        raise ValueError("no brain tissue around the region to inpaint from")
-    values = np.where(known, image[box], 0.0).astype(np.float64)
-    have = known.astype(np.float64)
-    todo = reg.copy()
-    while todo.any():
-        num = ndimage.gaussian_filter(values * have, sigma)
-        den = ndimage.gaussian_filter(have, sigma)
-        reach = todo & (den > 1e-3)
-        if not reach.any():  # the front cannot advance any more (a very thin neighbourhood): take what reaches
-            reach = todo & (den > 0)
-            if not reach.any():
-                values[todo] = float(image[box][known].mean())
-                break
-        values[reach] = num[reach] / den[reach]
-        have[reach] = 1.0
-        todo &= ~reach
-    weight = tissue.astype(np.float64)
-    smooth_weight = ndimage.gaussian_filter(weight, 1.0)
-    for _ in range(relax_iterations):
-        smoothed = ndimage.gaussian_filter(values * weight, 1.0) / np.maximum(smooth_weight, 1e-6)
-        values[reg] = smoothed[reg]
-    out = image.copy()
-    out[box][reg] = values[reg].astype(out.dtype)
-    return out
+# ---- methods ---------------------------------------------------------------------------------------------------
+def method_key(method: str, steps: int) -> str:
+    return f"previous ({steps} steps)" if method == "previous" else method
 
 
-# ---- placement of a pasted mask ---------------------------------------------------------------------------
-def paste_in_healthy_brain(donor: np.ndarray, brain: np.ndarray, tumour: np.ndarray,
-                           spacing_zyx: Sequence[float]) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """``donor`` (a mask on any grid) translated into this case's healthy brain: every voxel inside the brain
-    and >= 10 mm from the tumour; of the valid positions the one whose centroid is deepest inside the healthy
-    brain (largest min(distance to the tumour, distance to the brain's edge)); ties go to the first. None
-    when it fits nowhere."""
-    from scipy.signal import fftconvolve
+def run_method(method: str, voided: Volume, mask: np.ndarray, model: str, steps: int = 20) -> np.ndarray:
+    """One removal edit on the voided scan; returns the result array (scan units and dtype)."""
+    if method == "previous":
+        from napari_medgen.pipelines.tumor_synthesis import remove
 
-    kernel = donor[bounding_box(donor)]
-    from_tumour = ndimage.distance_transform_edt(~tumour, sampling=spacing_zyx)
-    allowed = brain & (from_tumour >= HEALTHY_DISTANCE_MM)
-    allowed[[0, -1]] = False  # the pasted region must not touch the image border either
-    allowed[:, [0, -1]] = False
-    allowed[:, :, [0, -1]] = False
-    if not allowed.any():
-        return None
-    area = bounding_box(allowed)
-    sub = allowed[area]
-    if any(s < k for s, k in zip(sub.shape, kernel.shape, strict=True)):
-        return None
-    # number of donor voxels that would fall outside the allowed set, for every start position (float64 FFT:
-    # counts stay exact to well below 0.5)
-    outside = fftconvolve((~sub).astype(np.float64), kernel[::-1, ::-1, ::-1].astype(np.float64), mode="valid")
-    valid = outside < 0.5
-    if not valid.any():
-        return None
-    depth = np.minimum(from_tumour, ndimage.distance_transform_edt(brain, sampling=spacing_zyx))[area]
-    centroid = np.rint(np.argwhere(kernel).mean(axis=0)).astype(int)
-    at_centroid = depth[tuple(slice(c, c + n) for c, n in zip(centroid, valid.shape, strict=True))]
-    start = np.unravel_index(int(np.argmax(np.where(valid, at_centroid, -np.inf))), valid.shape)
-    origin = [int(s) + a.start for s, a in zip(start, area, strict=True)]
-    pasted = np.zeros_like(brain)
-    pasted[tuple(slice(o, o + n) for o, n in zip(origin, kernel.shape, strict=True))] = kernel
-    centre = [int(o + c) for o, c in zip(origin, centroid, strict=True)]
-    return pasted, {"start_zyx": origin, "centroid_zyx": centre, "voxels": int(pasted.sum()),
-                    "distance_to_tumour_mm": float(from_tumour[pasted].min()),
-                    "centroid_depth_mm": float(depth[tuple(c - a.start for c, a in zip(centre, area, strict=True))])}
+        labels = voided.as_labels(mask.astype(np.uint8))
+        return np.asarray(remove(voided, labels, model=BRIDGE, steps=int(steps), margin_mm=0.0, seed=0).image.array)
+    from napari_medgen.pipelines.tumour_removal import inpaint
+
+    return np.asarray(inpaint(voided, mask, method=method, model=model).image.array)
 
 
-# ---- texture fidelity ---------------------------------------------------------------------------------------
-def _correlations(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    return {"pearson": float(stats.pearsonr(a, b)[0]), "spearman": float(stats.spearmanr(a, b)[0])}
+def timed(call: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = call()
+    return out, time.perf_counter() - t0
 
 
-def feature_vectors(requested: Mapping[str, float], measured: Mapping[str, float],
-                    normaliser: FeatureNormalizer) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(raw requested, raw measured, normalised requested, normalised measured) in the model's feature order.
-
-    The normaliser takes log1p of features that were non-negative in training; a re-extracted value below 0
-    (which it would refuse) is clipped to 0 first."""
-    names = list(normaliser.names)
-    raw_r = np.array([requested[n] for n in names], dtype=np.float64)
-    raw_m = np.array([measured[n] for n in names], dtype=np.float64)
-    log = np.asarray(normaliser.log)
-    norm_r = normaliser.transform(np.where(log, np.maximum(raw_r, 0.0), raw_r))
-    norm_m = normaliser.transform(np.where(log, np.maximum(raw_m, 0.0), raw_m))
-    return raw_r, raw_m, norm_r, norm_m
-
-
-def fidelity(requested: Mapping[str, float], measured: Mapping[str, float],
-             normaliser: FeatureNormalizer) -> dict[str, Any]:
-    """Pearson / Spearman over the 74 features, raw and on the model's normalised scale, and the mean absolute
-    difference in normalised units (training standard deviations)."""
-    raw_r, raw_m, norm_r, norm_m = feature_vectors(requested, measured, normaliser)
-    return {"raw": _correlations(raw_r, raw_m), "normalised": _correlations(norm_r, norm_m),
-            "mean_abs_normalised_difference": float(np.mean(np.abs(norm_r - norm_m))), "features": len(raw_r)}
-
-
-def pooled_fidelity(pairs: list[tuple[Mapping[str, float], Mapping[str, float]]],
-                    normaliser: FeatureNormalizer) -> dict[str, Any] | None:
-    """Correlation over all cases' features together (every (case, feature) pair is one point)."""
-    if not pairs:
-        return None
-    vectors = [feature_vectors(r, m, normaliser) for r, m in pairs]
-    raw_r, raw_m, norm_r, norm_m = (np.concatenate([v[i] for v in vectors]) for i in range(4))
-    return {"raw": _correlations(raw_r, raw_m), "normalised": _correlations(norm_r, norm_m),
-            "mean_abs_normalised_difference": float(np.mean(np.abs(norm_r - norm_m))), "points": len(raw_r)}
-
-
-# ---- one case ------------------------------------------------------------------------------------------------
-def _timed(call: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    start = time.perf_counter()
-    out = call(*args, **kwargs)
-    return out, time.perf_counter() - start
-
-
-def evaluate_case(case: str, donor: str, data: Path, image_glob: str, model: str, steps_list: Sequence[int],
-                  normaliser: FeatureNormalizer) -> dict[str, Any]:
-    """Synthesis, removal and fidelity on one unseen case; ``donor`` gives the pasted mask and swapped texture."""
-    net = load_cached(model, expected_type="bridge-unet")
-    image, labels = load_case(data, case, image_glob)
-    donor_image, donor_labels = load_case(data, donor, image_glob)
-    lab = np.asarray(labels.array)
-    raw = np.asarray(image.array, dtype=np.float32)
-    intensity = net.vqgan.normalizer_for(raw)  # the same per-scan map the pipeline uses
-    norm = intensity.forward(raw)
-    spacing = image.spacing_zyx
-    brain = brain_mask(raw)
-    region, region_kind = tumour_core(lab)
-    region_map = image.as_labels(region.astype(np.uint8))
-    own = ts.measure_texture(image, region_map, model=model)
-    donor_region, donor_kind = tumour_core(np.asarray(donor_labels.array))
-    donor_features = ts.measure_texture(donor_image, donor_image.as_labels(donor_region.astype(np.uint8)),
-                                        model=model)
-    out: dict[str, Any] = {"case": case, "donor_case": donor, "region": region_kind, "region_voxels": int(region.sum()),
-                           "donor_region": donor_kind}
-
-    # 1. synthesis from the tumour's own features, 3a. their fidelity
-    filled = mean_fill(norm, region, brain, spacing)
-    inpainted = smooth_inpaint(norm, region, brain)
-    synthesis: dict[str, Any] = {"mean fill (3 mm ring)": quality(filled, norm, region),
-                                 "smoothed inpainting": quality(inpainted, norm, region)}
-    own_fid: dict[str, Any] = {}
-    own_pairs: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
-    for steps in steps_list:
-        result, seconds = _timed(ts.retexture, image, region_map, texture=own, model=model, steps=steps, seed=SEED)
-        synthesis[f"model {steps} steps"] = {**quality(intensity.forward(result.image.array), norm, region),
-                                             "seconds": seconds, "crop_size_zyx": result.report["crop_size_zyx"]}
+def evaluate(dataset: str, sequence: str, convention: str, case: str, index: int, donor: str, truth_volume: Volume,
+             mask: np.ndarray, methods: Sequence[tuple[str, int]], model: str, records: list[dict],
+             keep: dict | None = None) -> None:
+    """Every method on the voided scan of one mask, scored; appends one record per method (``keep``: fills kept
+    for a montage)."""
+    global CROP_CHECK
+    truth = np.asarray(truth_volume.array)
+    voided_arr = np.where(mask, 0, truth).astype(truth.dtype)
+    voided = truth_volume.with_array(voided_arr)
+    cm3 = float(mask.sum() * np.prod(truth_volume.spacing_zyx) / 1000)
+    line = []
+    for method, steps in methods:
+        key = method_key(method, steps)
+        record = {"dataset": dataset, "sequence": sequence, "convention": convention, "case": case, "mask": index,
+                  "donor": donor, "mask_cm3": cm3, "method": key}
         try:
-            measured = ts.measure_texture(result.image, region_map, model=model)
-        except MedGenError as error:  # e.g. a uniform output: no texture to measure
-            own_fid[f"model {steps} steps"] = {"error": str(error)}
-        else:
-            own_fid[f"model {steps} steps"] = fidelity(own, measured, normaliser)
-            own_pairs[f"model {steps} steps"] = (own, measured)
-        print(f"{case} synthesis {steps} steps: {synthesis[f'model {steps} steps']}", flush=True)
-    try:
-        inpaint_features = ts.measure_texture(image.with_array(intensity.inverse(inpainted)), region_map, model=model)
-        own_fid["smoothed inpainting (no model)"] = fidelity(own, inpaint_features, normaliser)
-        own_pairs["smoothed inpainting (no model)"] = (own, inpaint_features)
-    except MedGenError as error:
-        own_fid["smoothed inpainting (no model)"] = {"error": str(error)}
-    out["synthesis"] = synthesis
-
-    # 3b. another tumour's texture in this mask
-    main_steps = 50 if 50 in steps_list else steps_list[0]
-    result, seconds = _timed(ts.retexture, image, region_map, texture=donor_features, model=model, steps=main_steps,
-                             seed=SEED)
-    swapped: dict[str, Any] = {"steps": main_steps, "seconds": seconds,
-                               "chance: this tumour's real features vs the requested ones":
-                                   fidelity(donor_features, own, normaliser)}
-    swap_pairs = {"chance: this tumour's real features vs the requested ones": (donor_features, own)}
-    try:
-        measured = ts.measure_texture(result.image, region_map, model=model)
-        swapped[f"model {main_steps} steps"] = fidelity(donor_features, measured, normaliser)
-        swap_pairs[f"model {main_steps} steps"] = (donor_features, measured)
-    except MedGenError as error:
-        swapped[f"model {main_steps} steps"] = {"error": str(error)}
-    out["fidelity"] = {"own features": own_fid, "swapped texture": swapped}
-    out["_pairs"] = {"own features": own_pairs, "swapped texture": swap_pairs}
-
-    # 2. removal of another case's tumour mask pasted into healthy brain
-    placed = paste_in_healthy_brain(donor_region, brain, lab > 0, spacing)
-    if placed is None:
-        out["removal"] = {"error": f"the {donor} tumour mask fits nowhere in the healthy brain of {case}"}
-        out["healthy_centre_zyx"] = None
-        return out
-    pasted, placement = placed
-    pasted_map = image.as_labels(pasted.astype(np.uint8))
-    removal: dict[str, Any] = {"placement": placement,
-                               "mean fill (3 mm ring)": quality(mean_fill(norm, pasted, brain, spacing), norm, pasted),
-                               "smoothed inpainting": quality(smooth_inpaint(norm, pasted, brain), norm, pasted)}
-    for steps in steps_list:
-        result, seconds = _timed(ts.remove, image, pasted_map, model=model, steps=steps, seed=SEED, margin_mm=0.0)
-        removal[f"model {steps} steps"] = {**quality(intensity.forward(result.image.array), norm, pasted),
-                                           "seconds": seconds, "crop_size_zyx": result.report["crop_size_zyx"]}
-        print(f"{case} removal {steps} steps: {removal[f'model {steps} steps']}", flush=True)
-    out["removal"] = removal
-    out["healthy_centre_zyx"] = placement["centroid_zyx"]
-    return out
+            fill, seconds = timed(lambda m=method, s=steps: run_method(m, voided, mask, model, s))
+        except Exception as error:  # a method that refuses this scan (e.g. the bridge on 6.5 mm slices)
+            record.update({"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"})
+            records.append(record)
+            line.append(f"{key}: refused")
+            continue
+        scores = challenge_scores(fill, truth, voided_arr, mask)
+        record.update({"seconds": seconds, **scores})
+        records.append(record)
+        if keep is not None:
+            keep[key] = fill
+        if CROP_CHECK is None:
+            CROP_CHECK = {"method": key, "cropped": scores, "full": challenge_scores(fill, truth, voided_arr, mask,
+                                                                                     crop=False)}
+        line.append(f"{key} {scores['ssim']:.3f}/{scores['psnr']:.1f} dB {seconds:.1f}s")
+    print(f"[{dataset} {sequence} {convention}] {case} #{index} ({cm3:.0f} cm3, from {donor}): " + "; ".join(line),
+          flush=True)
 
 
-def speed(case: str, data: Path, image_glob: str, model: str, centre_zyx: Sequence[int] | None,
-          steps: int = ts.DEFAULT_STEPS) -> dict[str, Any]:
-    """Wall time of synthesize (shape generator, VoxelVolume 8000, at a healthy brain point) and remove (the real
-    tumour) in the full scan, ``steps`` sampling steps each."""
-    from napari_medgen.pipelines.shape_generation import generate_shape
-
-    image, labels = load_case(data, case, image_glob)
-    raw = np.asarray(image.array)
-    if centre_zyx is None:  # deepest brain voxel
-        centre_zyx = np.unravel_index(int(np.argmax(ndimage.distance_transform_edt(brain_mask(raw)))), raw.shape)
-    centre_mm = [float(v) for v in index_to_physical(image, np.asarray(centre_zyx, dtype=float))]
-    request = {"VoxelVolume": 8000.0}
-    _, shape_seconds = _timed(generate_shape, request, spacing=image.spacing, seed=SEED)  # also loads the GAN
-    _, shape_seconds = _timed(generate_shape, request, spacing=image.spacing, seed=SEED)
-    synthesized, synth_seconds = _timed(ts.synthesize, image, center_mm=centre_mm, shape_request=request, model=model,
-                                        steps=steps, seed=SEED)
-    removed, remove_seconds = _timed(ts.remove, image, labels, model=model, steps=steps, seed=SEED)
-    return {
-        "case": case, "scan_shape_zyx": list(raw.shape),
-        "synthesize": {"seconds": synth_seconds, "shape_generation_seconds (included)": shape_seconds,
-                       "center_mm": centre_mm, "region_voxels": synthesized.report["region_voxels"],
-                       "crop_size_zyx": synthesized.report["crop_size_zyx"], "steps": steps},
-        "remove": {"seconds": remove_seconds, "what": "the real tumour (all labels, default 2 mm margin)",
-                   "region_voxels": removed.report["region_voxels"],
-                   "crop_size_zyx": removed.report["crop_size_zyx"], "steps": steps},
-    }
+# ---- aggregation -----------------------------------------------------------------------------------------------
+def _stat(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
-# ---- model description -------------------------------------------------------------------------------------
-def card_tables(folder: Path) -> dict[str, str]:
-    """The ``| key | value |`` rows of a model card (training settings and metrics)."""
-    card = folder / "README.md"
-    rows: dict[str, str] = {}
-    if card.is_file():
-        for line in card.read_text(encoding="utf-8").splitlines():
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if line.startswith("|") and len(cells) == 2 and cells[0] not in ("key", "---"):
-                rows[cells[0]] = cells[1]
+def summarise(records: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["sequence"], r["convention"], r["method"]), []).append(r)
+    rows = []
+    for (dataset, sequence, convention, method), sel in groups.items():
+        ok = [r for r in sel if "error" not in r]
+        row = {"dataset": dataset, "sequence": sequence, "convention": convention, "method": method, "n": len(ok)}
+        if not ok:
+            row["error"] = sel[0]["error"]
+        for k in ("ssim", "psnr", "mse", "seconds"):
+            row[k], row[k + "_sd"] = _stat([r[k] for r in ok])
+        row["psnr_inf"] = int(sum(not np.isfinite(r["psnr"]) for r in ok))
+        rows.append(row)
     return rows
 
 
-def describe_model(model: str) -> dict[str, Any]:
-    net = load_cached(model, expected_type="bridge-unet")
-    extra = net.hub_extra
-    folder = resolve_checkpoint(model)
-    card = card_tables(folder)
-    splits = extra.get("splits", {})
-    bridge_params = sum(p.numel() for name, p in net.named_parameters() if not name.startswith("vqgan."))
-    return {
-        "model": str(model), "folder": os.path.relpath(folder, ROOT),  # relative: results files are tracked
-        "training_cases": len(splits.get("train", [])), "splits": splits,
-        "training_steps": card.get("steps"), "effective_batch": card.get("effective_batch"),
-        "hardware": next((line.strip() for line in (folder / "README.md").read_text(encoding="utf-8").splitlines()
-                          if "process(es)" in line), None) if (folder / "README.md").is_file() else None,
-        "card_metrics": {k: v for k, v in card.items() if k.startswith(("val_", "final "))},
-        "tumour_patch_pool": extra.get("pool_size"), "patch_size": extra.get("patch_size"),
-        "vqgan": extra.get("vqgan_source"), "bridge_parameters": int(bridge_params),
-        "vqgan_parameters": int(sum(p.numel() for p in net.vqgan.parameters())),
-        "features": len(net.feature_names),
-    }
-
-
-# ---- aggregation and markdown ---------------------------------------------------------------------------------
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
-
-
-def summarise(cases: list[dict[str, Any]], normaliser: FeatureNormalizer) -> dict[str, Any]:
-    """Means over cases for the image metrics; pooled correlations (all cases' features) for fidelity."""
-    summary: dict[str, Any] = {}
-    for task in ("synthesis", "removal"):
-        rows: dict[str, dict[str, list[float]]] = {}
-        for c in cases:
-            for method, m in c.get(task, {}).items():
-                if isinstance(m, dict) and "psnr" in m:
-                    row = rows.setdefault(method, {"psnr": [], "ssim": [], "seconds": []})
-                    for key in row:
-                        if key in m:
-                            row[key].append(m[key])
-        summary[task] = {method: {k: _mean(v) for k, v in row.items() if v} | {"cases": len(row["psnr"])}
-                         for method, row in rows.items()}
-    for kind in ("own features", "swapped texture"):
-        methods = sorted({m for c in cases for m in c["_pairs"][kind]})
-        block = {}
-        for m in methods:
-            block[m] = pooled_fidelity([c["_pairs"][kind][m] for c in cases if m in c["_pairs"][kind]], normaliser)
-            per_case = [c["fidelity"][kind][m] for c in cases if "raw" in c["fidelity"][kind].get(m, {})]
-            block[m]["mean of per-case correlations"] = {
-                scale: {stat: _mean([f[scale][stat] for f in per_case]) for stat in ("pearson", "spearman")}
-                for scale in ("raw", "normalised")}
-        summary[f"fidelity, {kind} (pooled over cases)"] = block
-    return summary
-
-
-def _f(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "-"
-    return f"{value:.{digits}f}"
-
-
-def _span(values: list[int]) -> str:
-    if not values:
-        return "?"
-    return str(min(values)) if min(values) == max(values) else f"{min(values)}-{max(values)}"
-
-
-def _method_order(names: list[str]) -> list[str]:
-    models = sorted((n for n in names if n.startswith("model ")), key=lambda n: -int(n.split()[1]))
-    return models + [n for n in names if not n.startswith("model ")]
-
-
-def _quality_table(summary: Mapping[str, Any], cases: list[dict[str, Any]], task: str) -> list[str]:
-    names = [c["case"] for c in cases if task in c and "error" not in c[task]]
-    lines = ["| method | PSNR (dB), mean | SSIM, mean | " + " | ".join(f"{n} PSNR / SSIM" for n in names)
-             + " | s per call |", "|---" * (4 + len(names)) + "|"]
-    for method in _method_order(list(summary.get(task, {}))):
-        row = summary[task][method]
-        per_case = [f"{_f(c[task][method]['psnr'], 2)} / {_f(c[task][method]['ssim'])}"
-                    for c in cases if task in c and method in c[task]]
-        lines.append(f"| {method} | {_f(row['psnr'], 2)} | {_f(row['ssim'])} | " + " | ".join(per_case)
-                     + f" | {_f(row.get('seconds'), 1)} |")
-    return lines
-
-
-def _fidelity_table(block: Mapping[str, Any], paper: bool) -> list[str]:
-    lines = ["| requested vs re-extracted | Pearson, raw | Spearman, raw | Pearson, normalised | Spearman, normalised "
-             "| mean abs. diff. (normalised) | points | per-case mean P / S, raw | per-case mean P / S, normalised |",
-             "|---" * 9 + "|"]
-    for method in _method_order(list(block)):
-        r = block[method]
-        if r is None:
+def paired(records: list[dict], challenger: str = "model") -> list[dict]:
+    """Per (dataset, sequence, convention): the challenger minus each other method on the same masks (mean
+    difference of SSIM and PSNR, and on how many masks the challenger is better)."""
+    by_mask: dict[tuple, dict[str, dict]] = {}
+    for r in records:
+        if "error" not in r:
+            key = (r["dataset"], r["sequence"], r["convention"], r["case"], r["mask"])
+            by_mask.setdefault(key, {})[r["method"]] = r
+    out: dict[tuple, dict[str, list]] = {}
+    for key, methods in by_mask.items():
+        if challenger not in methods:
             continue
-        per_case = r["mean of per-case correlations"]
-        lines.append(f"| {method} | {_f(r['raw']['pearson'])} | {_f(r['raw']['spearman'])} | "
-                     f"{_f(r['normalised']['pearson'])} | {_f(r['normalised']['spearman'])} | "
-                     f"{_f(r['mean_abs_normalised_difference'], 2)} | {r['points']} | "
-                     f"{_f(per_case['raw']['pearson'])} / {_f(per_case['raw']['spearman'])} | "
-                     f"{_f(per_case['normalised']['pearson'])} / {_f(per_case['normalised']['spearman'])} |")
-    if paper:
-        lines.append(f"| paper ({PAPER['source']}) | {PAPER['pearson']} | {PAPER['spearman']} |" + " - |" * 6)
-    return lines
+        for other, r in methods.items():
+            if other == challenger:
+                continue
+            entry = out.setdefault((*key[:3], other), {"ssim": [], "psnr": []})
+            for k in ("ssim", "psnr"):
+                entry[k].append(methods[challenger][k] - r[k])
+    rows = []
+    for (dataset, sequence, convention, other), d in out.items():
+        ds, dp = np.asarray(d["ssim"]), np.asarray(d["psnr"])
+        finite = np.isfinite(dp)
+        rows.append({"dataset": dataset, "sequence": sequence, "convention": convention, "versus": other,
+                     "n": int(ds.size), "d_ssim": float(ds.mean()), "ssim_wins": int((ds > 0).sum()),
+                     "d_psnr": float(dp[finite].mean()) if finite.any() else float("nan"),
+                     "psnr_wins": int((dp > 0).sum())})
+    return rows
 
 
-def _placements(cases: list[dict[str, Any]]) -> list[str]:
+# ---- montages --------------------------------------------------------------------------------------------------
+def _crop_box(mask2d: np.ndarray, margin: int = 18, minimum: int = 56) -> tuple[slice, slice]:
+    rows, cols = np.nonzero(mask2d)
+    centre = [(rows.min() + rows.max()) / 2, (cols.min() + cols.max()) / 2]
+    half = max(minimum, rows.max() - rows.min() + 1 + 2 * margin, cols.max() - cols.min() + 1 + 2 * margin) // 2
     out = []
-    for c in cases:
-        p = c.get("removal", {}).get("placement")
-        if p is None:
-            out.append(f"{c['case']}: {c.get('removal', {}).get('error', 'no removal result')}.")
+    for c, n in zip(centre, mask2d.shape, strict=True):
+        lo = int(round(c)) - half
+        lo = min(max(lo, 0), max(n - 2 * half, 0))
+        out.append(slice(lo, min(lo + 2 * half, n)))
+    return out[0], out[1]
+
+
+def montage_rows(title: str, truth: np.ndarray, voided: np.ndarray, mask: np.ndarray, brain: np.ndarray,
+                 fills: dict[str, np.ndarray], spacing: Sequence[float], tile: int = 150) -> list[tuple[str, Any]]:
+    """Axial and coronal crops around the mask's centroid, one window (1-99 % of the truth's brain) for the row;
+    the mask outline is drawn on the truth panel only."""
+    from PIL import Image
+
+    c = [int(round(v)) for v in np.argwhere(mask).mean(axis=0)]
+    lo, hi = np.percentile(truth[brain].astype(np.float64), [1, 99])
+    columns = {"truth": truth, "voided": voided, **fills}
+    rows = []
+    for view in ("axial", "coronal"):
+        if view == "axial":
+            def cut(a: np.ndarray) -> np.ndarray:
+                return a[c[0]]
+            aspect = float(spacing[1]) / float(spacing[2])
         else:
-            out.append(f"{c['case']}: the core of {c['donor_case']} ({p['voxels']} voxels) at z, y, x "
-                       f"{p['start_zyx']} (centroid {p['centroid_depth_mm']:.0f} mm deep in the healthy brain, "
-                       f">= {p['distance_to_tumour_mm']:.0f} mm from the tumour).")
-    return [" ".join(out)] if out else []
+            def cut(a: np.ndarray) -> np.ndarray:
+                return a[:, c[1], :][::-1]
+            aspect = float(spacing[0]) / float(spacing[2])
+        m2 = cut(mask)
+        box = _crop_box(m2)
+        outline = m2 & ~ndimage.binary_erosion(m2)
+        panels = []
+        for name in MONTAGE_COLUMNS:
+            if name not in columns:
+                panels.append(Image.new("RGB", (tile, tile), (40, 0, 0)))
+                continue
+            sl = cut(columns[name]).astype(np.float64)[box]
+            g = (np.clip((sl - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+            rgb = np.stack([g, g, g], axis=-1)
+            if name == "truth":
+                rgb[outline[box]] = (255, 40, 40)
+            h, w = g.shape
+            scale = tile / max(h * aspect, w)
+            img = Image.fromarray(rgb).resize((max(1, round(w * scale)), max(1, round(h * aspect * scale))),
+                                              Image.Resampling.NEAREST)
+            canvas = Image.new("RGB", (tile, tile))
+            canvas.paste(img, ((tile - img.width) // 2, (tile - img.height) // 2))
+            panels.append(canvas)
+        rows.append((f"{title} {view} (z={c[0]}, y={c[1]}), window {lo:.3g}..{hi:.3g}", panels))
+    return rows
 
 
-def _verdicts(summary: Mapping[str, Any], cases: list[dict[str, Any]], main: str) -> list[str]:
-    """Plain statements of where the model stands against the baselines (computed, not hand-written)."""
-    out = []
-    for task in ("synthesis", "removal"):
-        usable = [c for c in cases if task in c and main in c[task]]
-        if not usable:
+def save_montage(path: Path, rows: list[tuple[str, Any]], tile: int = 150) -> None:
+    from PIL import Image, ImageDraw
+
+    header, gap = 14, 3
+    width = len(MONTAGE_COLUMNS) * (tile + gap)
+    canvas = Image.new("RGB", (width, header + len(rows) * (tile + header)), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, t in enumerate(MONTAGE_COLUMNS):
+        draw.text((i * (tile + gap) + 4, 1), t, fill=(255, 255, 255))
+    y = header
+    for label, panels in rows:
+        draw.text((4, y), label, fill=(255, 255, 0))
+        for i, p in enumerate(panels):
+            canvas.paste(p, (i * (tile + gap), y + header - 2))
+        y += tile + header
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, optimize=True)
+
+
+# ---- synthesis section hook ----------------------------------------------------------------------------------
+def synthesis_section(run: bool = False) -> tuple[str, dict | None]:
+    """The glioma-appearance results of ``benchmarks/tumour_appearance.py`` (radiomics envelope of the real tumour
+    cores, nearest-real-tumour check). With ``run`` that script is executed first (its ``main()`` parses its own
+    command line, so it runs as a subprocess); then ``benchmarks/results/tumour_appearance.{json,md}`` are read when
+    present. Returns (markdown with headings demoted under this section, results or None)."""
+    import subprocess
+
+    script = ROOT / "benchmarks" / "tumour_appearance.py"
+    if run and script.is_file():
+        subprocess.run([sys.executable, str(script)], check=True, cwd=ROOT)
+    path, md_path = RESULTS / "tumour_appearance.json", RESULTS / "tumour_appearance.md"
+    lines = ["### Synthesis: glioma appearance", ""]
+    if not path.is_file():
+        lines.append("Not measured: `benchmarks/tumour_appearance.py` (radiomics envelope of real tumour cores, "
+                     "nearest-real-tumour distance) has no results yet (`benchmarks/results/tumour_appearance.json` "
+                     "absent); run it, or this benchmark with `--run-appearance`.")
+        return "\n".join(lines) + "\n", None
+    result = json.loads(path.read_text(encoding="utf-8"))
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+    lines.append(f"From `benchmarks/tumour_appearance.py` (results of {when}"
+                 + (", re-run by this benchmark" if run else ", not re-run by this benchmark")
+                 + "); montage `benchmarks/results/tumour_appearance.png`.")
+    lines.append("")
+    if md_path.is_file():
+        for line in md_path.read_text(encoding="utf-8").strip().splitlines():
+            lines.append("###" + line if line.startswith("#") else line)  # '#' -> '####': below this section
+    else:
+        rows = result.get("summary") or result.get("rows") or []
+        if isinstance(rows, list) and rows and isinstance(rows[0], dict):
+            keys = list(rows[0])
+            lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+            for r in rows:
+                lines.append("| " + " | ".join(_cell(r.get(k)) for k in keys) + " |")
+        else:
+            lines.append("(results present but in no tabular form known here; see the JSON)")
+    return "\n".join(lines) + "\n", result
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+# ---- markdown --------------------------------------------------------------------------------------------------
+def _pm(mean: float, sd: float, digits: int) -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def quality_table(rows: list[dict], dataset: str) -> list[str]:
+    sel = [r for r in rows if r["dataset"] == dataset]
+    lines = ["| sequence | intensities | method | n | SSIM | PSNR (dB) | MSE | s / edit |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sel:
+        if r.get("error") and not r["n"]:
+            lines.append(f"| {r['sequence']} | {r['convention']} | {r['method']} | 0 | refused: "
+                         f"{r['error'].split('. ')[0]} | | | |")
             continue
-        for baseline in ("mean fill (3 mm ring)", "smoothed inpainting"):
-            wins_p = sum(c[task][main]["psnr"] > c[task][baseline]["psnr"] for c in usable)
-            wins_s = sum(c[task][main]["ssim"] > c[task][baseline]["ssim"] for c in usable)
-            delta = summary[task][main]["psnr"] - summary[task][baseline]["psnr"]
-            out.append(f"{task.capitalize()}, {main} vs {baseline}: higher PSNR in {wins_p} of {len(usable)} cases, "
-                       f"higher SSIM in {wins_s} of {len(usable)} (mean PSNR difference {delta:+.2f} dB).")
+        best = max((x["ssim"] for x in sel if (x["sequence"], x["convention"]) == (r["sequence"], r["convention"])
+                    and x["n"]), default=None)
+        ssim = _pm(r["ssim"], r["ssim_sd"], 3)
+        if best is not None and r["ssim"] == best:
+            ssim = f"**{ssim}**"
+        psnr = _pm(r["psnr"], r["psnr_sd"], 2) + (f" ({r['psnr_inf']} inf)" if r["psnr_inf"] else "")
+        lines.append(f"| {r['sequence']} | {r['convention']} | {r['method']} | {r['n']} | {ssim} | {psnr} "
+                     f"| {_pm(r['mse'], r['mse_sd'], 4)} | {_pm(r['seconds'], r['seconds_sd'], 1)} |")
+    return lines
+
+
+def best_lines(rows: list[dict], dataset: str) -> list[str]:
+    out = []
+    groups = dict.fromkeys((r["sequence"], r["convention"]) for r in rows if r["dataset"] == dataset)
+    for seq, conv in groups:
+        sel = [r for r in rows if (r["dataset"], r["sequence"], r["convention"]) == (dataset, seq, conv) and r["n"]]
+        if sel:
+            s = max(sel, key=lambda r: r["ssim"])
+            p = max(sel, key=lambda r: r["psnr"] if np.isfinite(r["psnr"]) else -1e9)
+            out.append(f"{seq} {conv}: SSIM {s['method']} ({s['ssim']:.3f}), PSNR {p['method']} ({p['psnr']:.2f} dB)")
     return out
 
 
-def render_markdown(result: Mapping[str, Any]) -> str:
-    s, cases, m = result["summary"], result["cases"], result["model"]
-    steps = result["steps"]
-    voxels = [c["region_voxels"] for c in cases] + [c["removal"]["placement"]["voxels"] for c in cases
-                                                    if "placement" in c.get("removal", {})]
-    crop_sides = [side for c in cases for task in ("synthesis", "removal") for r in c.get(task, {}).values()
-                  if isinstance(r, dict) and "crop_size_zyx" in r for side in r["crop_size_zyx"]]
-    split_text = ", ".join(f"{len(v)} {k}" for k, v in m["splits"].items())
-    main = f"model {50 if 50 in steps else steps[0]} steps"
+def render_markdown(result: dict) -> str:
+    rows = result["summary"]
     lines = [
-        SECTION_TITLE, "",
-        f"`{result['command']}` ({result['machine']}; {result['date']}). Raw numbers: "
-        f"`{result['results_file']}`. Seed 0 everywhere, one run (no repeats).", "",
-        f"Model `{m['model']}`: {m['training_cases']} training cases, {m['training_steps'] or '?'} training steps "
-        f"(effective batch {m['effective_batch'] or '?'}, {m['hardware'] or 'hardware not recorded'}), "
-        f"{m['bridge_parameters'] / 1e6:.2f} M bridge parameters + {m['vqgan_parameters'] / 1e6:.2f} M frozen VQ-GAN "
-        f"(`{m['vqgan']}`), {m['patch_size']} training patches, tumour-patch pool {m['tumour_patch_pool']}, "
-        f"{m['features']} texture features. Unseen cases scored here: "
-        f"{', '.join(c['case'] for c in cases)} (of val + test {', '.join(result['unseen_cases'])}). "
-        f"Images `{result['image_glob']}`.", "",
-        "All image metrics are inside the edited region on the model's normalised intensity scale (per-scan "
-        "VQ-GAN normalisation to [-1, 1]): PSNR with peak 2; SSIM is a 3D gaussian-window SSIM (11^3, sigma 1.5) "
-        "on the region's bounding box, averaged over the region's voxels. Baselines: *mean fill* = the region "
-        "filled with the mean of the brain tissue in a 3 mm ring around it; *smoothed inpainting* = normalised "
-        "convolution from the surrounding brain (gaussian of the masked image / gaussian of the mask, peeled "
-        "inwards) followed by 50 harmonic relaxation passes.", "",
-        "### Synthesis: the real tumour repainted from its own texture features", "",
-        f"Region: the tumour core (labels 1, 3, 4) of each case ({', '.join(str(c['region_voxels']) for c in cases)} "
-        "voxels); `retexture(image, core, texture=measure_texture(image, core))`; the target is the real tumour.", "",
-        *_quality_table(s, cases, "synthesis"), "",
-        "### Removal: healthy tissue under another case's tumour mask", "",
-        "The tumour core of another case is translated into this case's healthy brain (every voxel inside the "
-        "brain and >= 10 mm from this case's tumour; the valid position whose centroid is deepest inside the "
-        "healthy brain); `remove(image, pasted_mask, margin_mm=0)` must restore the real healthy tissue there.",
-        *_placements(cases), "",
-        *_quality_table(s, cases, "removal"), "",
-        "### Texture fidelity (requested vs re-extracted features)", "",
-        "Pearson and Spearman correlation between the 74 requested texture features and those `measure_texture` "
-        "re-extracts from the output (same region), pooled over the cases (one point per case and feature). "
-        "*Raw*: feature values as extracted (on the normalised intensities); *normalised*: the model's own "
-        "feature scale (`FeatureNormalizer`: log1p of skewed non-negative features, z-score with the training "
-        "statistics).", "",
-        "(a) the tumour's own features:", "",
-        *_fidelity_table(s["fidelity, own features (pooled over cases)"], paper=True), "",
-        "(b) swapped texture: another case's tumour-core features requested in this case's core. The *chance* row "
-        "correlates the requested features with this tumour's real ones, i.e. what a model that ignored the "
-        "request and reproduced the real tumour would score.", "",
-        *_fidelity_table(s["fidelity, swapped texture (pooled over cases)"], paper=False), "",
-        "### Sampling steps versus quality", "",
-        "| steps | synthesis PSNR / SSIM | removal PSNR / SSIM | fidelity (own) Pearson / Spearman, raw | "
-        "fidelity (own) Pearson / Spearman, normalised | s per retexture | s per remove |",
-        "|---|---|---|---|---|---|---|",
+        SECTION_TITLE,
+        "",
+        f"Made by `{result['command']}` on {result['date']} ({result['machine']}; {result['total_seconds'] / 60:.1f} "
+        "min). Learned model: " + result["model"]["description"] + ".",
+        "",
+        "Protocol (BraTS inpainting challenge): each mask is another case's tumour core, flipped / rotated, placed "
+        ">= 5 voxels from this case's tumour and >= 75 % inside the brain (seeded); every method gets only the "
+        "**voided** scan (mask = 0) and the mask; scores from `inpainting.challenge_metrics_2023.generate_metrics` "
+        "(SSIM / PSNR / MSE inside the mask after scaling by the voided scan's 0.5 / 99.5 percentiles, clipped at "
+        "0). Mean ± sd over masks; s / edit = wall clock of one `inpaint` / `remove` call on "
+        f"{result['torch_threads']} thread(s). *raw-like*: background 0, brain positive, int16 (as BraTS 2023 "
+        "scans); *z-scored*: as stored (background = the minimum, so the challenge's clip at 0 flattens everything "
+        "darker than the brain mean: harder and noisier, not comparable with the references).",
+        "",
+        "Published references (BraTS 2023 inpainting **test set**, raw-intensity T1n, other data than here; quoted, "
+        "not measured):",
+        "",
+        "| reference | SSIM | PSNR (dB) | s / volume |",
+        "|---|---|---|---|",
     ]
-    own = s["fidelity, own features (pooled over cases)"]
-    for n in sorted(steps, reverse=True):
-        key = f"model {n} steps"
-        syn, rem, fid = s["synthesis"].get(key, {}), s["removal"].get(key, {}), own.get(key)
-        fid_raw = f"{_f(fid['raw']['pearson'])} / {_f(fid['raw']['spearman'])}" if fid else "-"
-        fid_norm = f"{_f(fid['normalised']['pearson'])} / {_f(fid['normalised']['spearman'])}" if fid else "-"
-        lines.append(f"| {n} | {_f(syn.get('psnr'), 2)} / {_f(syn.get('ssim'))} | {_f(rem.get('psnr'), 2)} / "
-                     f"{_f(rem.get('ssim'))} | {fid_raw} | {fid_norm} | {_f(syn.get('seconds'), 1)} | "
-                     f"{_f(rem.get('seconds'), 1)} |")
+    for name, ssim, psnr, sec in REFERENCES:
+        lines.append(f"| {name} | {ssim:.3f} | {psnr:.1f} | {sec if sec is not None else '-'} |")
+    lines += ["", "### Held-out BRATS cases (" + ", ".join(result["held_out"]) + "; never trained on)", "",
+              "Masks (cm3): " + "; ".join(f"{k}: {v}" for k, v in result["mask_cm3"].items()
+                                          if k in result["held_out"]),
+              ""]
+    lines += quality_table(rows, "BRATS held-out")
+    lines += ["", "Best per group (mean over masks): " + "; ".join(best_lines(rows, "BRATS held-out")) + ". "
+              "The previous model (bridge-brain-t1c) was trained on T1c only; its FLAIR rows show it applied out of "
+              "its domain, as a user could."]
+    pr = [p for p in result["paired"] if p["dataset"] == "BRATS held-out"]
+    if pr:
+        lines += ["", "Model minus each other method on the same masks (mean difference; masks where the model is "
+                  "better / n):", "",
+                  "| sequence | intensities | versus | ΔSSIM | SSIM wins | ΔPSNR (dB) | PSNR wins |",
+                  "|---|---|---|---|---|---|---|"]
+        for p in pr:
+            lines.append(f"| {p['sequence']} | {p['convention']} | {p['versus']} | {p['d_ssim']:+.3f} | "
+                         f"{p['ssim_wins']}/{p['n']} | {p['d_psnr']:+.2f} | {p['psnr_wins']}/{p['n']} |")
+    lines += ["", "### Scans the project has never seen", ""]
+    for name, note in result["unseen_notes"].items():
+        lines.append(f"- **{name}**: {note}")
+    lines.append("")
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        if dataset == "BRATS held-out":
+            continue
+        lines += [f"{dataset} (masks, cm3: {result['mask_cm3'].get(dataset, '?')}):", ""]
+        lines += quality_table(rows, dataset)
+        lines.append("")
     sp = result.get("speed")
-    lines += ["", "### Speed in a full scan", ""]
     if sp:
-        lines += [
-            f"Case {sp['case']}, scan {' x '.join(map(str, sp['scan_shape_zyx']))} (z, y, x) at 1 mm, "
-            f"{result['cpu_count']} CPUs, {result['torch_threads']} torch threads, CPU only.", "",
-            "| operation | seconds | region voxels | crop (z, y, x) |", "|---|---|---|---|",
-            f"| `synthesize` (shape generator, VoxelVolume 8000 mm3, default texture, {sp['synthesize']['steps']} "
-            "steps; shape generation "
-            f"{_f(sp['synthesize']['shape_generation_seconds (included)'], 1)} s included) | "
-            f"{_f(sp['synthesize']['seconds'], 1)} | {sp['synthesize']['region_voxels']} | "
-            f"{sp['synthesize']['crop_size_zyx']} |",
-            f"| `remove` ({sp['remove']['what']}, {sp['remove']['steps']} steps) | {_f(sp['remove']['seconds'], 1)} | "
-            f"{sp['remove']['region_voxels']} | {sp['remove']['crop_size_zyx']} |",
-        ]
-    else:
-        lines.append("Not measured in this run.")
-    lines += [
-        "", "### Notes", "",
-        *[f"- {v}" for v in _verdicts(s, cases, main)],
-        "- Reference numbers: seed 003 (TS-Radiomics) reports, for brain, Pearson 0.864 / Spearman 0.906 between "
-        "requested and re-extracted radiomics (Table 2). The reference implementation cannot be run here: its "
-        "texture U-Net has 681 M parameters, no weights are released, and it needs MONAI 1.2 "
-        "(`../shared/research/refimpl.md`, section 1). Its code feeds the radiomics vectors raw (no normalisation), "
-        "so the paper's numbers are most likely correlations of raw feature values; compare them with our *raw* "
-        "columns.",
-        "- Raw correlations over 74 features are dominated by the features' very different magnitudes (energies "
-        "and non-uniformities in the thousands next to ratios below 1): two different real tumours already "
-        "correlate highly (the *chance* row). The normalised columns, and the gap to the chance row, say more "
-        "about whether the requested texture was followed. The *pooled* columns put every case's 74 features in "
-        "one correlation (one point per case and feature); the *per-case mean* columns average one correlation per "
-        "case. The paper does not say which it used; it may also have correlated each feature across many samples, "
-        "which two unseen cases cannot support.",
-        f"- The regions here are whole tumour cores of real glioblastomas ({_span(voxels)} voxels, network crops "
-        f"of {_span(crop_sides)} voxels a side), far larger than the {m['patch_size']} training patches; the model "
-        "sees them through its fully convolutional U-Net. In training, features were computed on the tumour part "
-        "inside each patch.",
-        f"- {len(cases)} unseen case(s) scored; the model's split is {split_text}. With so few cases, differences "
-        "between methods of a fraction of a dB are within case-to-case variation.",
-        "- The JSON also holds `ssim_bounding_box`: scikit-image's mean SSIM over the region's whole bounding box "
-        "(unchanged tissue around the region included, so it is higher for every method).",
-        "- Sampling is stochastic (eta 1) with seed 0; every number is a single draw.",
-    ]
+        lines += ["### Speed: one edit of a 240x240x155 scan", "",
+                  f"{sp['case']} {sp['sequence']} raw-like, a challenge mask of {sp['mask_cm3']:.0f} cm3 (from "
+                  f"{sp['donor']}); load average at the start {sp['loadavg']} (a training run shared the machine).",
+                  "", "| method | threads | seconds |", "|---|---|---|"]
+        for t in sp["timings"]:
+            lines.append(f"| {t['method']} | {t['threads']} | {t['seconds']:.1f} |")
+        lines.append("")
+    lines += [result["synthesis_markdown"].rstrip(), "", "### Montages", ""]
+    for m in result["montages"]:
+        lines.append(f"- `{m}`")
+    lines += ["", "Columns: truth (mask outlined in red) | voided | mean | harmonic | mirror-harmonic | model | "
+              "previous (bridge); axial and coronal crops around the mask, nearest-neighbour zoom, one window per row "
+              "(1-99 % of the truth's brain). A dark-red tile = method not run on that scan.", ""]
     if result.get("quick"):
-        lines.append("- **Quick mode** (one case, 20 steps): a smoke test, not a result.")
-    return "\n".join(lines) + "\n"
+        lines.append("**Quick mode** (one case, one mask, T1c only): a smoke test, not a result.")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def replace_section(document: str, section: str) -> str:
-    """``document`` with the tumour-synthesis section (between its markers) replaced, or appended; every other
-    byte unchanged."""
-    block = f"{BEGIN_MARKER}\n{section}{END_MARKER}\n"
+    """``document`` with the section between the markers replaced (or appended); every other byte unchanged."""
+    block = f"{BEGIN_MARKER}\n{section.rstrip()}\n{END_MARKER}\n"
     if BEGIN_MARKER in document and END_MARKER in document:
         head, rest = document.split(BEGIN_MARKER, 1)
         _, tail = rest.split(END_MARKER, 1)
         return head + block + tail.removeprefix("\n")
     match = re.search(rf"^{re.escape(SECTION_TITLE)}\s*$", document, flags=re.MULTILINE)
-    if match:  # an unmarked section (written by hand): replace it up to the next section heading
+    if match:
         following = re.search(r"^## ", document[match.end():], flags=re.MULTILINE)
         end = match.end() + following.start() if following else len(document)
         return document[:match.start()] + block + ("\n" if following else "") + document[end:]
@@ -675,81 +566,254 @@ def replace_section(document: str, section: str) -> str:
     return document + sep + block
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=ts.DEFAULT_MODEL, help="bundled name or checkpoint folder")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "brats2015_subset"))
-    parser.add_argument("--image-glob", default="T1c*.nii.gz", help="the image file in each case folder")
-    parser.add_argument("--steps", type=int, nargs="+", default=[200, 50, 20], help="sampling steps compared")
-    parser.add_argument("--quick", action="store_true", help="one case, 20 steps everywhere (smoke test)")
-    parser.add_argument("--no-docs", action="store_true",
-                        help="write neither docs/benchmarks.md nor the results JSON (unless --out is given)")
-    parser.add_argument("--out", default=None, help="results JSON (default benchmarks/results/tumor_synthesis.json)")
-    parser.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks.md"))
-    args = parser.parse_args()
-    data = Path(args.data)
-    steps_list = [20] if args.quick else list(dict.fromkeys(args.steps))
+# ---- model -------------------------------------------------------------------------------------------------------
+def resolve_model(requested: str | None) -> str | None:
+    from napari_medgen.hub import resolve_checkpoint
+
+    candidates = [requested] if requested else ["inpainter-brain", str(ROOT / "outputs" / "inpainter-brain" / "model")]
+    for c in candidates:
+        try:
+            return str(resolve_checkpoint(c))
+        except Exception:
+            continue
+    return None
+
+
+def describe_model(path: str | None, label: str | None) -> dict[str, Any]:
+    if path is None:
+        return {"path": None, "description": "not run (no checkpoint found)"}
+    folder = Path(path)
+    config = {}
+    if (folder / "config.json").is_file():
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    card_steps = None
+    if (folder / "README.md").is_file():
+        m = re.search(r"\|\s*steps\s*\|\s*([^|]+)\|", (folder / "README.md").read_text(encoding="utf-8"))
+        card_steps = m.group(1).strip() if m else None
+    rel = os.path.relpath(folder, ROOT) if folder.is_relative_to(ROOT) else str(folder)
+    text = f"`{rel}`" + (f" ({label})" if label else "") + (f", {card_steps} training steps" if card_steps else "")
+    return {"path": rel, "label": label, "config": config, "training_steps": card_steps, "description": text}
+
+
+# ---- main --------------------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--model", default=None, help="Inpainter checkpoint (default: bundled inpainter-brain, "
+                        "else outputs/inpainter-brain/model)")
+    parser.add_argument("--model-label", default=None, help="free text describing the checkpoint (e.g. 'untrained')")
+    parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
+    parser.add_argument("--bridge-steps", type=int, nargs="+", default=[20, 50],
+                        help="previous model's steps: the first everywhere, the others on T1c raw-like only")
+    parser.add_argument("--masks", type=int, default=3, help="masks per held-out case")
+    parser.add_argument("--unseen-masks", type=int, default=3, help="masks per unseen scan")
+    parser.add_argument("--sequences", nargs="+", default=list(SEQUENCES), choices=list(SEQUENCES))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="smoke test: one case, one mask, T1c, < 5 min")
+    parser.add_argument("--no-speed", action="store_true")
+    parser.add_argument("--run-appearance", action="store_true",
+                        help="call benchmarks/tumour_appearance.py instead of reading its results JSON")
+    parser.add_argument("--docs", action="store_true", help="also replace the section in docs/benchmarks.md")
+    parser.add_argument("--prefix", default="tumor_synthesis", help="results file prefix under benchmarks/results")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: re-render the markdown (and --docs) from the existing results JSON")
+    args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads((RESULTS / f"{args.prefix}.json").read_text(encoding="utf-8"))
+        result["synthesis_markdown"], result["synthesis"] = synthesis_section()
+        return publish(result, args.prefix, args.docs)
+    import torch
+
+    torch.set_num_threads(1)
     start = time.perf_counter()
+    if args.quick:
+        args.masks, args.unseen_masks, args.sequences, args.bridge_steps = 1, 1, ["T1c"], args.bridge_steps[:1]
+    model = resolve_model(args.model) if "model" in args.methods else None
+    methods = [m for m in args.methods if m != "model" or model is not None]
+    if "model" in args.methods and model is None:
+        print("no Inpainter checkpoint found: the model row is skipped (pass --model FOLDER)", flush=True)
+    from napari_medgen.hub import load_cached
 
-    net = load_cached(args.model, expected_type="bridge-unet")
-    normaliser = FeatureNormalizer.from_dict(net.hub_extra["feature_normalizer"])
-    splits = net.hub_extra.get("splits") or {}
-    unseen = list(splits.get("val", [])) + list(splits.get("test", []))
-    if not unseen:
-        raise SystemExit(f"{args.model}: the checkpoint lists no val/test cases (hub_extra['splits']); nothing unseen")
-    missing = [c for c in unseen if not (data / c).is_dir()]
-    if missing:
-        raise SystemExit(f"unseen case folder(s) {missing} not found under {data}; pass --data")
-    donors = unseen if len(unseen) > 1 else unseen + list(splits.get("train", []))[:1]
-    scored = unseen[:1] if args.quick else unseen
+    if model is not None:
+        load_cached(model, expected_type="inpainter")  # loaded once, outside the timings
+    if "previous" in methods:
+        load_cached(BRIDGE, expected_type="bridge-unet")
+    first = [(m, args.bridge_steps[0]) for m in methods]
+    extra = [("previous", s) for s in args.bridge_steps[1:]] if "previous" in methods else []
 
-    cases = []
-    for case in scored:
-        donor = donors[(donors.index(case) + 1) % len(donors)]
-        cases.append(evaluate_case(case, donor, data, args.image_glob, args.model, steps_list, normaliser))
-    summary = summarise(cases, normaliser)
-    speed_result = speed(scored[0], data, args.image_glob, args.model, cases[0].get("healthy_centre_zyx"),
-                         steps=20 if args.quick else ts.DEFAULT_STEPS)
-    command = shlex.join(["python", "benchmarks/tumor_synthesis.py", *sys.argv[1:]])
+    data = args.data
+    cores = brats_cores(data)
+    records: list[dict] = []
+    mask_cm3: dict[str, str] = {}
+    montage_files: list[str] = []
+    held_out = list(HELD_OUT[:1] if args.quick else HELD_OUT)
+    speed_candidate = None
+    for case_index, name in enumerate(held_out):
+        case = load_brats_case(data, name, args.sequences)
+        rng = np.random.default_rng([args.seed, case_index])
+        donors = [(n, c) for n, c in cores if n != name]
+        masks = make_masks(case["brain"], case["labels"] > 0, donors, args.masks, rng)
+        mask_cm3[name] = ", ".join(f"{m.sum() / 1000:.0f}" for m, _ in masks)
+        rows: list = []
+        for seq in args.sequences:
+            z_volume = case["images"][seq]
+            z = np.asarray(z_volume.array).astype(np.float32)
+            conventions = {"raw-like": z_volume.with_array(raw_like(z, case["brain"])),
+                           "z-scored": z_volume.with_array(z)}
+            for convention, volume in conventions.items():
+                for index, (mask, donor) in enumerate(masks):
+                    want_montage = convention == "raw-like" and (index < 2 if seq == "T1c" else index < 1)
+                    keep: dict | None = {} if want_montage else None
+                    todo = first + (extra if (seq, convention) == ("T1c", "raw-like") else [])
+                    evaluate("BRATS held-out", seq, convention, name, index, donor, volume, mask, todo, model,
+                             records, keep)
+                    if keep is not None:
+                        truth = np.asarray(volume.array)
+                        fills = {("previous" if k.startswith(f"previous ({args.bridge_steps[0]} ") else k): v
+                                 for k, v in keep.items()}
+                        rows += montage_rows(f"{name} {seq} raw-like mask {index}", truth,
+                                             np.where(mask, 0, truth), mask, case["brain"], fills, (1, 1, 1))
+        if rows:
+            path = RESULTS / f"{args.prefix}_{name.replace('brats_2013_', '').removesuffix('_1')}.png"
+            save_montage(path, rows)
+            montage_files.append(os.path.relpath(path, ROOT))
+        if speed_candidate is None:
+            speed_candidate = (case, donors)
+
+    # ---- scans never seen -----------------------------------------------------------------------------------
+    unseen_notes: dict[str, str] = {}
+    unseen_rows: list = []
+    from napari_medgen.sample_data import load_mni152_t1
+
+    mni = load_mni152_t1()
+    mni_arr = np.asarray(mni.array)
+    mni_brain = ndimage.binary_fill_holes(mni_arr > 0)
+    rng = np.random.default_rng([args.seed, 100])
+    masks = make_masks(mni_brain, None, cores, args.unseen_masks, rng, mni.spacing_zyx)
+    mask_cm3["MNI152 T1"] = ", ".join(f"{m.sum() / 1000:.0f}" for m, _ in masks)
+    mni_methods = [(m, s) for m, s in first if m in ("mean", "harmonic", "model", "previous")]
+    largest = int(np.argmax([m.sum() for m, _ in masks])) if masks else -1
+    for index, (mask, donor) in enumerate(masks):
+        keep = {} if index == largest else None
+        evaluate("MNI152 T1", "T1", "template (uint8)", "MNI152 2009", index, donor, mni, mask, mni_methods, model,
+                 records, keep)
+        if keep is not None:
+            fills = {("previous" if k.startswith("previous") else k): v for k, v in keep.items()}
+            unseen_rows += montage_rows(f"MNI152 T1 mask {index}", mni_arr, np.where(mask, 0, mni_arr), mask, mni_brain,
+                                        fills, mni.spacing_zyx)
+    unseen_notes["MNI152 T1 (nilearn)"] = (
+        "healthy 1 mm template, so the whole mask is truth; it is left-right symmetric, so mirror and "
+        "mirror-harmonic copy the exact answer (not run, meaningless); it is an average of 152 brains, smoother "
+        "than any scan, and uint8: it shows whether a method reproduces smooth anatomy, not scanner texture. The "
+        "model's inputs include the mirror-harmonic estimate, which is near-exact on a symmetric template, so its "
+        "advantage over harmonic here is partly that symmetry, not learned anatomy.")
+    for scan in ("brain1", "brain2"):
+        folder = data / "pyradiomics" / "data"
+        if not (folder / f"{scan}_image.nrrd").is_file():
+            continue
+        vol = read_volume(folder / f"{scan}_image.nrrd")
+        arr = np.asarray(vol.array)
+        lesion = np.asarray(read_labels(folder / f"{scan}_label.nrrd").array) > 0
+        brain = crude_brain(arr.astype(np.float32), vol.spacing_zyx)
+        rng = np.random.default_rng([args.seed, 200 + int(scan[-1])])
+        masks = make_masks(brain, lesion, cores, args.unseen_masks, rng, vol.spacing_zyx)
+        mask_cm3[f"pyradiomics {scan}"] = ", ".join(f"{m.sum() * np.prod(vol.spacing_zyx) / 1000:.0f}"
+                                                      for m, _ in masks)
+        largest = int(np.argmax([m.sum() for m, _ in masks])) if masks else -1
+        for index, (mask, donor) in enumerate(masks):
+            keep = {} if (scan == "brain1" and index == largest) else None
+            evaluate(f"pyradiomics {scan}", "T1c", "raw (int16)", scan, index, donor, vol, mask, first, model,
+                     records, keep)
+            if keep is not None:
+                fills = {("previous" if k.startswith("previous") else k): v for k, v in keep.items()}
+                unseen_rows += montage_rows(f"pyradiomics {scan} mask {index}", arr, np.where(mask, 0, arr), mask,
+                                            brain, fills, vol.spacing_zyx)
+    unseen_notes["pyradiomics brain1 / brain2"] = (
+        "real patient T1c (raw int16, 0.78 x 0.78 x 6.5 mm, skull NOT stripped, each with a labelled lesion): masks "
+        "are the BRATS cores resampled to this grid, >= 6 mm from the lesion label, >= 75 % inside a crude "
+        "intracranial mask (head eroded by 12 mm in plane; the methods themselves only see the voided scan). Shows "
+        "behaviour on another scanner / resolution; the challenge's 3D SSIM window spans 11 slices = 71 mm here, so "
+        "SSIM is not comparable with 1 mm data. The previous model refuses anything but 1 mm isotropic.")
+    unseen_notes["MONAI anatomical.nii"] = ("not used: a 33x41x25 crop at 2 mm (66 x 82 x 50 mm), too small to place "
+                                            "a tumour-sized mask >= 75 % in brain with context around it.")
+    unseen_notes["MedPy flair.nii.gz"] = ("not used: a single 2D FLAIR slice (181x217x1); every method here is 3D "
+                                          "(the challenge protocol too).")
+    if unseen_rows:
+        path = RESULTS / f"{args.prefix}_unseen.png"
+        save_montage(path, unseen_rows)
+        montage_files.append(os.path.relpath(path, ROOT))
+
+    # ---- speed ------------------------------------------------------------------------------------------------
+    speed = None
+    if not args.no_speed and speed_candidate is not None:
+        case, donors = speed_candidate
+        rng = np.random.default_rng([args.seed, 300])
+        big = [(n, c) for n, c in donors if c.sum() >= 55000] or donors
+        mask, donor = None, None
+        for _ in range(40):
+            found = make_masks(case["brain"], case["labels"] > 0, big, 1, rng)
+            if found and 60 <= found[0][0].sum() / 1000 <= 100:
+                mask, donor = found[0]
+                break
+        if mask is not None:
+            z_volume = case["images"]["T1c"] if "T1c" in case["images"] else next(iter(case["images"].values()))
+            volume = z_volume.with_array(raw_like(np.asarray(z_volume.array).astype(np.float32), case["brain"]))
+            voided = volume.with_array(np.where(mask, 0, np.asarray(volume.array)).astype(np.int16))
+            from napari_medgen.pipelines.tumor_synthesis import DEFAULT_STEPS
+
+            loadavg = " ".join(f"{v:.2f}" for v in os.getloadavg())
+            timings = []
+            plan = [(m, 1) for m in ("harmonic", "mirror-harmonic") if m in methods]
+            if model is not None:
+                plan += [("model", 1), ("model", min(2, os.cpu_count() or 1))]
+            if "previous" in methods:
+                plan += [("previous", 1), ("previous", min(2, os.cpu_count() or 1))]
+            for method, threads in plan:
+                torch.set_num_threads(threads)
+                _, seconds = timed(lambda m=method: run_method(m, voided, mask, model or "", DEFAULT_STEPS))
+                timings.append({"method": method_key(method, DEFAULT_STEPS), "threads": threads, "seconds": seconds})
+                print(f"speed: {timings[-1]}", flush=True)
+            torch.set_num_threads(1)
+            speed = {"case": case["name"], "sequence": "T1c", "mask_cm3": float(mask.sum() / 1000), "donor": donor,
+                     "scan_shape_zyx": list(mask.shape), "loadavg": loadavg, "timings": timings}
+
+    synthesis_md, synthesis = synthesis_section(run=args.run_appearance)
+    command = shlex.join(["python", "benchmarks/tumor_synthesis.py", *(sys.argv[1:] if argv is None else argv)])
     result = {
-        "command": command.strip(), "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
-                   f"Python {platform.python_version()}",
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "quick": bool(args.quick), "steps": steps_list, "image_glob": args.image_glob, "unseen_cases": unseen,
-        "model": describe_model(args.model), "paper": PAPER,
-        "summary": summary,
-        "cases": [{k: v for k, v in c.items() if not k.startswith("_")} for c in cases],
-        "speed": speed_result, "total_seconds": None,
+        "command": command, "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "torch_threads": 1, "quick": bool(args.quick), "seed": args.seed, "held_out": held_out,
+        "training_cases": list(TRAINING), "methods": methods, "bridge_steps": args.bridge_steps,
+        "model": describe_model(model, args.model_label), "references": [
+            {"name": n, "ssim": s, "psnr": p, "seconds": t} for n, s, p, t in REFERENCES],
+        "mask_cm3": mask_cm3, "crop_check": CROP_CHECK, "unseen_notes": unseen_notes,
+        "summary": summarise(records), "paired": paired(records), "speed": speed, "montages": montage_files,
+        "synthesis": synthesis, "synthesis_markdown": synthesis_md, "records": records,
     }
     result["total_seconds"] = time.perf_counter() - start
-    out = Path(args.out) if args.out else (None if args.no_docs else ROOT / "benchmarks" / "results"
-                                           / "tumor_synthesis.json")
-    if out is None:
-        result["results_file"] = "not written (--no-docs)"
-    else:
-        resolved = out.resolve()
-        result["results_file"] = str(resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else resolved)
+    return publish(result, args.prefix, args.docs)
+
+
+def publish(result: dict, prefix: str, docs: bool) -> dict:
+    """Write the results JSON and markdown (and with ``docs`` the section of docs/benchmarks.md)."""
     markdown = render_markdown(result)
-    if out is not None:
-        _write_atomically(out, json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
-    if args.no_docs:
-        print(markdown)
-    else:
-        docs = Path(args.docs)
-        _write_atomically(docs, replace_section(docs.read_text(encoding="utf-8") if docs.exists() else "", markdown))
-        print(f"wrote the section of {docs}")
+    _write(RESULTS / f"{prefix}.json", json.dumps(result, indent=1, default=float) + "\n")
+    _write(RESULTS / f"{prefix}.md", markdown + "\n")
+    if docs:
+        path = ROOT / "docs" / "benchmarks.md"
+        _write(path, replace_section(path.read_text(encoding="utf-8") if path.exists() else "", markdown + "\n"))
+        print(f"replaced the section of {path}")
+    print(markdown)
     print(f"total {result['total_seconds']:.0f} s")
-    return 0
+    return result
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

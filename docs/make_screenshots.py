@@ -167,8 +167,8 @@ def paired_generation_screenshot(out: Path, data_dir: Path) -> Path:
 
 
 def tumour_synthesis_screenshot(out: Path, data_dir: Path) -> Path:
-    """ "Tumour synthesis" on the MNI152 brain: an 8 cm3 tumour with the default texture synthesized at the demo
-    point by the bundled texture bridge (the dock's own worker path), shown with its label outline."""
+    """ "Tumour synthesis" on the MNI152 brain: a glioma (necrotic core, enhancing rim, edema) synthesized at the demo
+    point by the bundled brain editor (the dock's own worker path), shown with its sub-region outlines."""
     import time
 
     import napari
@@ -182,8 +182,7 @@ def tumour_synthesis_screenshot(out: Path, data_dir: Path) -> Path:
     widget = TumourSynthesisWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Tumour synthesis", area="right")
     widget._image.value, widget._points.value = brain, points
-    for name, value in DEMO_SHAPE_REQUEST.items():
-        widget._shape_sliders[name].value = value
+    widget._shape_sliders["VoxelVolume"].value = DEMO_SHAPE_REQUEST["VoxelVolume"] / 1000.0  # cm3
     widget.start("synthesize")
     deadline = time.monotonic() + 900
     while widget.running and time.monotonic() < deadline:
