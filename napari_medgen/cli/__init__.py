@@ -9,6 +9,9 @@ user mistake, not a bug. One module per command group; importing them registers 
 from __future__ import annotations
 
 import importlib
+import signal
+import sys
+import threading
 
 from napari_medgen.cli._common import app, console, run_with_progress
 
@@ -17,9 +20,32 @@ COMMAND_MODULES = ("io_commands", "train", "radiomics", "shape", "slice_diffusio
 for _name in COMMAND_MODULES:
     importlib.import_module(f"napari_medgen.cli.{_name}")
 
-__all__ = ["COMMAND_MODULES", "app", "console", "main", "run_with_progress"]
+__all__ = ["COMMAND_MODULES", "Terminated", "app", "console", "main", "run_with_progress"]
+
+#: exit code after SIGTERM (128 + 15, what shells report for a process killed by it)
+SIGTERM_EXIT_CODE = 143
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (``kill``, a scheduler ending the job). A `BaseException` like `KeyboardInterrupt`, so that
+    ``except Exception`` does not swallow it and the cleanup of Ctrl-C runs: `core.atomic.staged_outputs` removes
+    its staging folders and any output it had already renamed into place."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # a second SIGTERM must not interrupt the cleanup the first one started
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. SIGTERM takes the same cleanup path as Ctrl-C and ends with exit code 143 and a
+    one-line message."""
+    if hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        app()
+    except Terminated:
+        console.print("[bold red]error:[/bold red] terminated (SIGTERM); files being written were removed, no "
+                      "partial output is left.", soft_wrap=True)
+        sys.exit(SIGTERM_EXIT_CODE)

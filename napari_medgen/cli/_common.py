@@ -3,7 +3,10 @@ check, option parsing and output checks."""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import numpy as np
@@ -137,3 +140,55 @@ def tumour_summary(labels: LabelMap) -> str:
     voxels = int(np.count_nonzero(labels.array))
     return f"{voxels} voxels ({voxels * float(np.prod(labels.spacing)):.0f} mm3)"
 
+
+OverwriteInputOption = Annotated[bool, typer.Option(
+    "--overwrite-input", help="Allow an output path to be one of the inputs (the input is replaced)."
+)]
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name the same file or folder (through links): `os.path.samefile` when both exist,
+    else their resolved paths."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return a.expanduser().absolute() == b.expanduser().absolute()
+
+
+def _inside(inner: Path, folder: Path) -> bool:
+    """Whether ``inner`` lies inside ``folder`` (resolved through links)."""
+    try:
+        return inner.resolve().is_relative_to(folder.resolve()) and inner.resolve() != folder.resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def refuse_input_overwrite(
+    outputs: Sequence[tuple[str, Path | None]],
+    inputs: Sequence[Path | str | None],
+    overwrite_input: bool = False,
+    *,
+    replaces_folder: bool = True,
+) -> None:
+    """Exit with code 2 and a one-line error when an output would replace one of the inputs: the same file or
+    folder (resolved through links), or a folder output that holds an input (it is replaced whole) -- unless
+    ``--overwrite-input`` was given. Cheap (no file is read): commands call it before any other work.
+    ``outputs`` are (option name, path) pairs; ``inputs`` that do not exist (model names) are skipped.
+    ``replaces_folder=False`` for outputs written *into* a folder (``batch --out-dir``)."""
+    if overwrite_input:
+        return
+    sources = [Path(p).expanduser() for p in inputs if p is not None and str(p) != ""]
+    sources = [p for p in sources if p.exists()]  # model names, absent files: nothing to lose
+    for option, out in outputs:
+        if out is None:
+            continue
+        dest = Path(out).expanduser()
+        for source in sources:
+            if _same_path(dest, source) or (replaces_folder and _inside(source, dest)):
+                how = "is" if _same_path(dest, source) else "holds"
+                fail(MedGenError(
+                    f"{option} {out} {how} the input {source}: it would be overwritten. Choose another output "
+                    "path, or pass --overwrite-input to replace the input."
+                ))

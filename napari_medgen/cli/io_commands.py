@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from napari_medgen.cli._common import app, console, fail
+from napari_medgen.cli._common import OverwriteInputOption, app, console, fail, refuse_input_overwrite
 from napari_medgen.errors import MedGenError
 
 
@@ -37,8 +37,10 @@ def convert(
     source: Annotated[Path, typer.Argument(help="Input file or DICOM folder.")],
     destination: Annotated[Path, typer.Argument(help="Output file (.nii.gz, .nrrd, .seg.nrrd, .mha, ...) or folder.")],
     labels: Annotated[bool, typer.Option("--labels", help="Treat the input as a label map.")] = False,
+    overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Convert between NIfTI, NRRD, MetaImage and DICOM series, keeping spacing, origin and direction."""
+    refuse_input_overwrite([("DESTINATION", destination)], [source], overwrite_input)
     from napari_medgen.core import io
 
     try:

@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from napari_medgen.cli._common import app, console, fail, run_with_progress
+from napari_medgen.cli._common import (
+    OverwriteInputOption,
+    app,
+    console,
+    fail,
+    refuse_input_overwrite,
+    run_with_progress,
+)
 from napari_medgen.errors import MedGenError
 
 
@@ -47,8 +54,10 @@ def radiomics(
     label_value: Annotated[int | None, typer.Option("--label", help="Label value (default: params or 1).")] = None,
     params: Annotated[Path | None, typer.Option("--params", help="pyradiomics-style params YAML.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output .json or .csv (default: JSON to stdout).")] = None,
+    overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Radiomics features with pyradiomics names and values (shape, first-order and texture classes)."""
+    refuse_input_overwrite([("--out", out)], [image, label, params], overwrite_input)
     from napari_medgen.pipelines.radiomics_extraction import feature_rows_job
     from napari_medgen.radiomics.params import RadiomicsParams, load_params
     from napari_medgen.radiomics.settings import RadiomicsSettings

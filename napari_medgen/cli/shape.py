@@ -8,7 +8,17 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from napari_medgen.cli._common import DeviceOption, app, console, fail, feature_settings, floats, use_device
+from napari_medgen.cli._common import (
+    DeviceOption,
+    OverwriteInputOption,
+    app,
+    console,
+    fail,
+    feature_settings,
+    floats,
+    refuse_input_overwrite,
+    use_device,
+)
 from napari_medgen.errors import MedGenError
 
 
@@ -34,8 +44,10 @@ def shape(
     )] = None,
     center_mm: Annotated[str | None, typer.Option("--center-mm", help="Tumour centre X,Y,Z (LPS mm).")] = None,
     device: DeviceOption = None,
+    overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Generate a tumour mask with requested shape features (volume, sphericity, ...)."""
+    refuse_input_overwrite([("--out", out)], [reference, model], overwrite_input)
     target = use_device(device)
     from napari_medgen.core import io
     from napari_medgen.pipelines.shape_generation import (

@@ -11,11 +11,13 @@ import typer
 
 from napari_medgen.cli._common import (
     DeviceOption,
+    OverwriteInputOption,
     QuietOption,
     app,
     check_seed,
     console,
     fail,
+    refuse_input_overwrite,
     run_with_progress,
     use_device,
 )
@@ -105,8 +107,10 @@ def seg2img(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Slices generated together.")] = 16,
     device: DeviceOption = None,
     quiet: QuietOption = False,
+    overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Generate an image that follows a label map, slice by slice, on exactly the labels' grid."""
+    refuse_input_overwrite([("--out", out)], [labels, reference, model], overwrite_input)
     target = use_device(device)
     import time
 
@@ -183,8 +187,10 @@ def paired(
     )] = False,
     device: DeviceOption = None,
     quiet: QuietOption = False,
+    overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Generate new 2D images together with their lesion masks (paired generation, PIG)."""
+    refuse_input_overwrite([("--out", out)], [model, image_model], overwrite_input)
     target = use_device(device)
     import time
 

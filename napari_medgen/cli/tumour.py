@@ -11,6 +11,7 @@ import typer
 
 from napari_medgen.cli._common import (
     DeviceOption,
+    OverwriteInputOption,
     QuietOption,
     app,
     check_seed,
@@ -19,6 +20,7 @@ from napari_medgen.cli._common import (
     feature_settings,
     floats,
     named_floats,
+    refuse_input_overwrite,
     run_with_progress,
     tumour_summary,
     use_device,
@@ -215,8 +217,11 @@ def synth(
     report: EditReportOption = None,
     device: DeviceOption = None,
     quiet: QuietOption = False,
+    overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Synthesize a new tumour in a 3D scan; voxels away from it stay bit-identical."""
+    refuse_input_overwrite([("--out", out), ("--mask-out", mask_out), ("--report", report)],
+                           [image, shape_mask, *(texture_from or ()), model], overwrite_input)
     target = use_device(device)
     from napari_medgen.core import io
     from napari_medgen.pipelines import tumor_synthesis
@@ -293,8 +298,11 @@ def remove_tumour(
     report: EditReportOption = None,
     device: DeviceOption = None,
     quiet: QuietOption = False,
+    overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Remove a tumour: its region (plus a 2 mm rim) is replaced by healthy-looking tissue."""
+    refuse_input_overwrite([("--out", out), ("--mask-out", mask_out), ("--report", report)],
+                           [image, labels, model], overwrite_input)
     target = use_device(device)
     import numpy as np
 
@@ -365,8 +373,10 @@ def batch_synth(
     model: BridgeModelOption = None,
     device: DeviceOption = None,
     quiet: QuietOption = False,
+    overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Write N synthesized-tumour variants per case for data augmentation (random centres and shapes)."""
+    _refuse_batch_overwrite(inputs, out_dir, variants, model, overwrite_input)
     target = use_device(device)
     from accelerate import PartialState
     from rich.markup import escape
@@ -409,6 +419,29 @@ def batch_synth(
     console.print(f"{prefix}wrote {len(written)} image/mask pair(s) for {len(result.cases)} case(s) to {dest} "
                   f"({'brain editor' if result.steps is None else f'{result.steps} steps'}, seed {seed}); manifest "
                   f"{result.manifest_path.name}")
+
+
+def _refuse_batch_overwrite(inputs: list[Path], out_dir: Path, variants: int, model: str | None,
+                             overwrite_input: bool) -> None:
+    """`batch` writes *into* --out-dir: refuse it only where an input file (or the model) lies there under the name
+    of a planned output (``<case>_synth<k>[_mask].nii.gz``, ``manifest-rank<r>.json``), or is the folder itself."""
+    import re
+
+    from napari_medgen.pipelines.augmentation import find_cases
+
+    refuse_input_overwrite([("--out-dir", out_dir)], [*inputs, model], overwrite_input, replaces_folder=False)
+    if overwrite_input:
+        return
+    try:
+        cases = [name for name, _ in find_cases(inputs, out_dir)]
+    except (MedGenError, OSError):
+        return  # the job reports bad inputs
+    planned = {f"{name}_synth{k}{tail}.nii.gz" for name in cases for k in range(max(variants, 0))
+               for tail in ("", "_mask")}
+    sources = [Path(p).expanduser() for p in [*inputs, model] if p is not None]
+    clashes = [out_dir / p.name for p in sources if p.is_file() and (p.name in planned or re.fullmatch(
+        r"manifest-rank\d+\.json", p.name))]
+    refuse_input_overwrite([("--out-dir", c) for c in clashes], sources, overwrite_input)
 
 
 def _range(text: str, option: str, low: float, high: float) -> tuple[float, float]:

@@ -29,6 +29,10 @@ Format notes
   JPEG is lossy. PNG holds uint8/uint16, JPEG/BMP uint8, TIFF any voxel type.
 * Truncated files raise `CorruptFileError` (ITK alone reads a truncated NIfTI silently as zeros, so
   NIfTI files are checked against the size their header announces).
+* NaN / Inf voxels of float NIfTI files are kept: ITK's NIfTI reader returns them as 0, so the raw data is
+  scanned for non-finite values (streamed, one pass) and they are put back in the returned `Volume`; the
+  pipelines' guards (generation, inpainting, radiomics) then refuse them with a clear error instead of
+  silently working on zeros, and `convert` writes them out unchanged where the format stores floats.
 * Header metadata of the source file is exposed in ``Volume.metadata`` but is not written back:
   keys are format specific. For DICOM only ``Modality`` and ``SeriesInstanceUID`` are kept (privacy).
 """
@@ -150,6 +154,95 @@ def _check_nifti_complete(path: Path, ext: str, meta: Mapping[str, str]) -> None
         raise corrupt(path, f"holds {total} bytes of data, its header needs {expected}")
 
 
+#: NIfTI float datatypes (code -> numpy type; byte order from the header): the only ones that hold NaN / Inf
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _nifti_header(head: bytes) -> tuple[str, int, list[int], int, float, float] | None:
+    """(byte order, datatype, dims, vox_offset, scl_slope, scl_inter) of a NIfTI-1 or NIfTI-2 header, or None."""
+    for order in "<>":
+        size = int(np.frombuffer(head[:4], dtype=f"{order}i4")[0]) if len(head) >= 4 else 0
+        if size == 348 and len(head) >= 120:
+            datatype = int(np.frombuffer(head[70:72], f"{order}i2")[0])
+            dim = np.frombuffer(head[40:56], f"{order}i2").astype(int).tolist()
+            offset = int(np.frombuffer(head[108:112], f"{order}f4")[0])
+            slope, inter = np.frombuffer(head[112:120], f"{order}f4").astype(float).tolist()
+        elif size == 540 and len(head) >= 192:
+            datatype = int(np.frombuffer(head[12:14], f"{order}i2")[0])
+            dim = np.frombuffer(head[16:80], f"{order}i8").astype(int).tolist()
+            offset = int(np.frombuffer(head[168:176], f"{order}i8")[0])
+            slope, inter = np.frombuffer(head[176:192], f"{order}f8").astype(float).tolist()
+        else:
+            continue
+        if not 1 <= dim[0] <= 7:
+            return None
+        return order, datatype, [max(1, d) for d in dim[1 : dim[0] + 1]], offset, slope, inter
+    return None
+
+
+def _nifti_nonfinite(path: Path, ext: str) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """The NaN / Inf voxels of a float NIfTI file, read from its raw data (cheap: streamed in chunks, only the
+    non-finite voxels are kept): flat indices in file order, their values (after ``scl_slope`` / ``scl_inter``,
+    as ITK applies them) and the number of voxels per volume. None when the file holds none or is not float."""
+    opener = gzip.open if ext == ".nii.gz" else open
+    try:
+        with opener(path, "rb") as stream:
+            header = _nifti_header(stream.read(540))
+            if header is None or header[1] not in _NIFTI_FLOATS:
+                return None
+            order, datatype, dims, offset, slope, inter = header
+            dtype = np.dtype(order + _NIFTI_FLOATS[datatype])
+            total = int(np.prod(dims))
+            stream.seek(offset)
+            indices, values = [], []
+            start = 0
+            chunk_voxels = (1 << 24) // dtype.itemsize
+            while start < total:
+                raw = stream.read(min(chunk_voxels, total - start) * dtype.itemsize)
+                chunk = np.frombuffer(raw[: len(raw) - len(raw) % dtype.itemsize], dtype=dtype)
+                if chunk.size == 0:
+                    break
+                bad = np.flatnonzero(~np.isfinite(chunk))
+                if bad.size:
+                    indices.append(bad + start)
+                    values.append(chunk[bad].astype(dtype.newbyteorder("=")))
+                start += chunk.size
+    except (OSError, EOFError, zlib.error):
+        return None  # unreadable data is reported by the completeness check
+    if not indices:
+        return None
+    found = np.concatenate(values).astype(np.float64)
+    if slope != 0 and np.isfinite(slope) and np.isfinite(inter) and (slope, inter) != (1.0, 0.0):
+        with np.errstate(invalid="ignore"):
+            found = found * slope + inter
+    return np.concatenate(indices), found, int(np.prod(dims[:4]))
+
+
+def _restore_nonfinite(image: sitk.Image, path: Path, ext: str) -> sitk.Image:
+    """Put back the NaN / Inf voxels of a float NIfTI file: ITK's NIfTI reader returns them as 0."""
+    found = _nifti_nonfinite(path, ext)
+    if found is None or image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32,
+                                                   sitk.sitkVectorFloat64):
+        return image
+    indices, values, per_volume = found
+    arr = sitk.GetArrayFromImage(image)
+    ncomp = image.GetNumberOfComponentsPerPixel()
+    if arr.size != per_volume * ncomp or indices.max() >= arr.size:
+        return image  # a layout ITK read differently: leave it as it is
+    if ncomp > 1:  # the file stores one volume per component, ITK interleaves them per voxel
+        indices = (indices % per_volume) * ncomp + indices // per_volume
+    flat = arr.reshape(-1)
+    flat[indices] = values.astype(arr.dtype)
+    restored = sitk.GetImageFromArray(flat.reshape(arr.shape), isVector=ncomp > 1)
+    restored.CopyInformation(image)
+    for key in image.GetMetaDataKeys():
+        try:
+            restored.SetMetaData(key, image.GetMetaData(key))
+        except (RuntimeError, UnicodeDecodeError):
+            continue
+    return restored
+
+
 def _read_file(path: Path, ext: str | None) -> sitk.Image:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -163,6 +256,7 @@ def _read_file(path: Path, ext: str | None) -> sitk.Image:
         raise corrupt(path, err) from err
     if ext in (".nii", ".nii.gz"):
         _check_nifti_complete(path, ext, metadata_of(image))
+        image = _restore_nonfinite(image, path, ext)
     return image
 
 
