@@ -17,8 +17,11 @@ a layer object (duck-typed) or a ``(data, meta)`` pair as napari writers receive
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
@@ -137,8 +140,21 @@ def _as_affine_matrix(affine: Any, ndim: int) -> np.ndarray:
 # ---- Volume -> layer ---------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=1)
+def napari_has_layer_units() -> bool:
+    """Whether the installed napari takes a layer's ``units`` (0.6 and later; the scale bar follows them).
+
+    Read from the package version, so this module still imports nothing from napari."""
+    try:
+        major, minor = (int(part) for part in re.findall(r"\d+", version("napari"))[:2])
+    except (PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (0, 6)
+
+
 def volume_to_layer_kwargs(volume: Volume, name: str | None = None) -> dict[str, Any]:
-    """Keyword arguments placing ``volume`` correctly in napari (``scale``/``translate``/``affine``).
+    """Keyword arguments placing ``volume`` correctly in napari (``scale``/``translate``/``affine``, and
+    ``units`` in mm where napari has layer units).
 
     Works for both ``viewer.add_image`` and ``viewer.add_labels``. The source geometry (and any
     header in ``volume.metadata``) is kept under ``metadata["medgen"]`` so it survives a round trip.
@@ -164,6 +180,8 @@ def volume_to_layer_kwargs(volume: Volume, name: str | None = None) -> dict[str,
     if source is not None:
         medgen["source_path"] = str(source)
     kwargs["metadata"] = {METADATA_KEY: medgen}
+    if napari_has_layer_units():
+        kwargs["units"] = ("mm",) * 3  # napari's scale bar then reads millimetres, not pixels
     if name:
         kwargs["name"] = name
     return kwargs

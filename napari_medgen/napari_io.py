@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from napari_medgen.core.naming import looks_like_labels
 from napari_medgen.core.naming import stem as _stem
 from napari_medgen.core.volume import LabelMap, Volume
@@ -46,10 +48,61 @@ def get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerDataTuple
     return read_layers
 
 
-def read_volume_for_display(path: str) -> Volume:
-    """Read ``path`` as a `LabelMap` when it is named like one and holds whole-number voxels, else a `Volume`.
+#: at most this many distinct values (background 0 included) make an integer volume a label map by content
+MAX_LABEL_VALUES = 32
 
-    A ``.seg.nrrd`` is always a label map (Slicer segmentation, flattened by `read_labels`).
+
+def label_values(volume: Volume) -> tuple[int, ...] | None:
+    """The distinct values of ``volume`` when its voxels look like a label map by content, else None.
+
+    Content rule: whole-number voxels (an integer type, or a float type holding only whole numbers, as BraTS
+    stores ``OTMultiClass.nii.gz``), no negative values, background 0 present and at most `MAX_LABEL_VALUES`
+    distinct values (BraTS: 0-4). A float scan (fractional values, even only a few of them) stays an image.
+    """
+    arr = np.asarray(volume.array)
+    if arr.dtype.kind not in "iuf" or arr.size == 0:
+        return None
+    step = max(1, int(round((arr.size / 1_000_000) ** (1 / max(arr.ndim, 1)))))
+    sample = arr[(slice(None, None, step),) * arr.ndim]
+    if np.unique(sample).size > MAX_LABEL_VALUES:
+        return None  # a scan: cheap rejection on a sample
+    if arr.dtype.kind == "f" and not (np.all(np.isfinite(arr)) and np.array_equal(arr, np.round(arr))):
+        return None  # fractional values: an image
+    low, high = arr.min(), arr.max()
+    if low != 0 or high > np.iinfo(np.int32).max:  # negative values, no background, or not a label range
+        return None
+    if high <= np.iinfo(np.uint16).max:
+        values = np.flatnonzero(np.bincount(arr.ravel().astype(np.intp), minlength=1))
+    else:
+        values = np.unique(arr)
+    if values.size > MAX_LABEL_VALUES:
+        return None
+    return tuple(int(v) for v in values)
+
+
+def describe_values(values: tuple[int, ...]) -> str:
+    """``"0-4"`` for consecutive values, else the list (``"0, 1, 4"``)."""
+    if len(values) > 1 and values == tuple(range(values[0], values[-1] + 1)):
+        return f"{values[0]}-{values[-1]}"
+    return ", ".join(str(v) for v in values)
+
+
+def _notify(message: str) -> None:
+    """A napari info notification when napari is there (the reader also runs without it)."""
+    try:
+        from napari.utils.notifications import show_info
+    except ImportError:  # pragma: no cover - napari is optional for the readers
+        return
+    show_info(message)
+
+
+def read_volume_for_display(path: str) -> Volume:
+    """Read ``path`` as a `LabelMap` or a `Volume`.
+
+    * a ``.seg.nrrd`` is always a label map (Slicer segmentation, flattened by `read_labels`);
+    * a file *named* like a label map (label/seg/mask) holding whole-number voxels >= 0 is one;
+    * otherwise the *content* decides: whole-number voxels, background 0 and at most `MAX_LABEL_VALUES` distinct
+      values make a label map (`label_values`), and a napari notification says so.
     """
     from napari_medgen.core.io import read_labels, read_volume
 
@@ -61,6 +114,14 @@ def read_volume_for_display(path: str) -> Volume:
             return volume.as_labels()
         except InvalidInputError:  # fractional or negative values: not a label map after all
             return volume
+    values = label_values(volume)
+    if values is not None:
+        _notify(
+            f"{Path(path).name} opened as labels: integer values {describe_values(values)} "
+            f"(at most {MAX_LABEL_VALUES} values, background 0). Right-click the layer > Convert to Image to "
+            "see it as an image."
+        )
+        return volume.as_labels()
     return volume
 
 
@@ -140,7 +201,10 @@ def write_layers_to_folder(path: str, layer_data: list[tuple[Any, dict[str, Any]
 
 
 __all__ = [
+    "MAX_LABEL_VALUES",
+    "describe_values",
     "get_reader",
+    "label_values",
     "looks_like_labels",
     "read_layers",
     "read_volume_for_display",

@@ -75,6 +75,69 @@ def test_named_like_labels_but_fractional_stays_an_image(tmp_path: Path) -> None
     assert kind == "labels" and data.dtype.kind in "iu"
 
 
+def _brats_labels(dtype: type = np.uint8) -> LabelMap:
+    data = np.zeros((6, 10, 12), dtype=dtype)
+    for value in range(1, 5):
+        data[1:5, 2 * value : 2 * value + 2, 2:10] = value
+    return LabelMap(data, spacing=(1.0, 1.0, 2.0), origin=(5.0, -3.0, 1.0))
+
+
+def test_label_map_named_like_a_scan_opens_as_labels_by_content(tmp_path: Path, monkeypatch) -> None:
+    import napari_medgen.napari_io as nio
+
+    said: list[str] = []
+    monkeypatch.setattr(nio, "_notify", said.append)
+    labels = _brats_labels()
+    path = write_volume(labels, tmp_path / "OTMultiClass.nii.gz")  # no label/seg/mask in the name
+    assert not looks_like_labels(path)
+    [(data, kwargs, kind)] = read_layers(str(path))
+    assert kind == "labels" and kwargs["name"] == "OTMultiClass"
+    assert data.dtype.kind in "iu"
+    np.testing.assert_array_equal(data, labels.array)
+    assert len(said) == 1 and "opened as labels: integer values 0-4" in said[0]
+
+
+def test_whole_number_float_label_map_opens_as_labels(tmp_path: Path, monkeypatch) -> None:
+    import napari_medgen.napari_io as nio
+
+    monkeypatch.setattr(nio, "_notify", lambda message: None)
+    labels = _brats_labels()
+    as_float = Volume(labels.array.astype(np.float32), labels.spacing, labels.origin)  # as BraTS stores it
+    path = write_volume(as_float, tmp_path / "OTMultiClass.nii.gz")
+    [(data, _, kind)] = read_layers(str(path))
+    assert kind == "labels" and data.dtype.kind in "iu"
+    np.testing.assert_array_equal(data, labels.array)
+
+
+def test_float_images_and_scans_stay_images(tmp_path: Path, monkeypatch) -> None:
+    import napari_medgen.napari_io as nio
+
+    said: list[str] = []
+    monkeypatch.setattr(nio, "_notify", said.append)
+    steps = Volume((np.arange(6 * 10 * 12).reshape(6, 10, 12) % 8 * 0.5).astype(np.float32))  # 0, 0.5 ... 3.5
+    rng = np.random.default_rng(0)
+    ct = Volume(rng.integers(-1000, 2000, size=(6, 10, 12)).astype(np.int16))  # integer scan, many values
+    no_background = Volume(_brats_labels().array + 1)  # integers 1-5 without 0
+    for name, volume in [("steps", steps), ("ct", ct), ("flat", no_background)]:
+        path = write_volume(volume, tmp_path / f"{name}.nii.gz")
+        [(_, _, kind)] = read_layers(str(path))
+        assert kind == "image", name
+    assert said == []
+
+
+def test_real_brats_files_open_by_content(shared_data: Path, monkeypatch) -> None:
+    import napari_medgen.napari_io as nio
+
+    monkeypatch.setattr(nio, "_notify", lambda message: None)
+    case = shared_data / "brats2015_subset" / "brats_2013_pat0001_1"
+    [(labels, _, kind)] = read_layers(str(case / "OTMultiClass.nii.gz"))
+    assert kind == "labels" and set(np.unique(labels)) <= {0, 1, 2, 3, 4}
+    [(_, _, kind)] = read_layers(str(case / "Flair_subtrMeanDivStd.nii.gz"))
+    assert kind == "image"
+    [(_, _, kind)] = read_layers(str(shared_data / "pyradiomics" / "data" / "brain1_image.nrrd"))
+    assert kind == "image"  # an int16 MR scan
+
+
 def test_slicer_segmentation_is_read_as_labels(tmp_path: Path, oblique_labels: LabelMap) -> None:
     path = write_volume(oblique_labels, tmp_path / "lesion.seg.nrrd")
     [(data, kwargs, kind)] = read_layers(str(path))

@@ -340,14 +340,19 @@ def _quantile_map(u: np.ndarray, mask: np.ndarray, entry: Mapping[str, Any]) -> 
 
 
 def blend_band(labels: np.ndarray, spacing_zyx: Sequence[float], blend_mm: float = 1.0) -> np.ndarray:
-    """Voxels `paint` may change: the labelled voxels plus the support of the partial-volume blend around them.
-    Everything else is returned bit-identical."""
+    """Voxels `paint` may change: the labelled voxels and every voxel within ``blend_mm`` of them (Euclidean, in mm:
+    the partial-volume blend's reach). Everything else is returned bit-identical, so "nothing farther than blend_mm
+    from the tumour changes" holds in every direction, diagonals included."""
     labels = np.asarray(labels)
-    radius = _blend_radius(_spacing(spacing_zyx), blend_mm)
+    spacing = _spacing(spacing_zyx)
+    radius = _blend_radius(spacing, blend_mm)
     region = labels > 0
-    if not radius.any():
+    if not radius.any() or not region.any():
         return region
-    return ndimage.binary_dilation(region, structure=np.ones(tuple(2 * radius + 1), dtype=bool))
+    box = _box(region, radius + 1)
+    band = region.copy()
+    band[box] = ndimage.distance_transform_edt(~region[box], sampling=spacing) <= blend_mm
+    return band
 
 
 def _blend_radius(spacing: np.ndarray, blend_mm: float) -> np.ndarray:

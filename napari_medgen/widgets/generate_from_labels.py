@@ -34,7 +34,7 @@ from magicgui.widgets import (
 )
 
 from napari_medgen.errors import InvalidInputError, MedGenError
-from napari_medgen.widgets.job_widget import JobSpec, JobWidget
+from napari_medgen.widgets.job_widget import JobSpec, JobWidget, source_display
 
 if TYPE_CHECKING:
     import napari
@@ -77,6 +77,8 @@ def layer_kwargs_2d(kwargs: dict[str, Any]) -> dict[str, Any]:
     out["translate"] = tuple(kwargs["translate"])[1:]
     if "affine" in kwargs:
         out["affine"] = np.asarray(kwargs["affine"], dtype=float)[1:, 1:]
+    if "units" in kwargs:
+        out["units"] = tuple(kwargs["units"])[1:]
     return out
 
 
@@ -218,13 +220,18 @@ class GenerateFromLabelsWidget(JobWidget):
         from napari_medgen.pipelines.slice_generation import generate_from_labels_job
 
         labels, options, name, is_2d = self.request()
-        return generate_from_labels_job, (labels,), options, partial(self._add_layer, name=name, is_2d=is_2d)
+        # with a reference the output is in its intensity units: show it with the reference's contrast and colours
+        display = source_display(self._reference.value) if options["reference"] is not None else {}
+        return generate_from_labels_job, (labels,), options, partial(self._add_layer, name=name, is_2d=is_2d,
+                                                                     display=display)
 
-    def _add_layer(self, result: SliceResult, name: str, is_2d: bool) -> None:
+    def _add_layer(self, result: SliceResult, name: str, is_2d: bool,
+                   display: dict[str, Any] | None = None) -> None:
         from napari_medgen.layers import volume_to_layer_data
 
         data, kwargs, _ = volume_to_layer_data(result.image, name)
         if is_2d:
             data, kwargs = data[0], layer_kwargs_2d(kwargs)
+        kwargs.update(display or {})
         self.last_layer = self._viewer.add_image(data, **kwargs)
         self._status.value = f"added '{self.last_layer.name}'"

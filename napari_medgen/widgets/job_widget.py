@@ -38,6 +38,14 @@ def show_progress(progress: Any, status: Any, event: Any) -> None:
     status.value = f"{event.stage}: {event.message}" if event.message else str(event.stage)
 
 
+def source_display(layer: Any) -> dict[str, Any]:
+    """The image layer's contrast limits and colormap, for result layers shown like their source (an edit then
+    reads as a change of the scan, not as a new percentile stretch); empty without a layer."""
+    if layer is None:
+        return {}
+    return {"contrast_limits": tuple(float(v) for v in layer.contrast_limits), "colormap": layer.colormap}
+
+
 def show_error(status: Any, error: Exception) -> None:
     """Put ``error`` in the widget's ``status`` line and in a napari notification (a `MedGenError` message as
     is; anything else marked as unexpected)."""

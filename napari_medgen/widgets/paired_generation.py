@@ -118,4 +118,11 @@ class PairedGenerationWidget(JobWidget):
         image_layer = self._viewer.add_image(image_data, **image_kwargs)
         mask_layer = self._viewer.add_labels(mask_data, **mask_kwargs)
         self.last_layers = (image_layer, mask_layer)
+        self.show_first_pair(image_layer)
         self._status.value = f"added {len(result.pairs)} pairs: '{image_layer.name}' and '{mask_layer.name}'"
+
+    def show_first_pair(self, layer: Any) -> None:
+        """Move the viewer's slider on the stack axis to pair 0 (napari opens a new stack at its middle item)."""
+        dims = self._viewer.dims
+        axis = dims.ndim - layer.ndim  # the layer's axis 0 in the viewer's (right-aligned) axes
+        dims.set_point(axis, float(layer.data_to_world(np.zeros(layer.ndim))[0]))

@@ -48,7 +48,7 @@ from magicgui.widgets import (
 
 from napari_medgen.errors import DimensionError, InvalidInputError, MedGenError
 from napari_medgen.layers import snapshot
-from napari_medgen.widgets.job_widget import JobSpec, JobWidget
+from napari_medgen.widgets.job_widget import JobSpec, JobWidget, source_display
 from napari_medgen.widgets.tumour_shape import point_to_physical
 
 if TYPE_CHECKING:
@@ -565,13 +565,15 @@ class TumourSynthesisWidget(JobWidget):
         job, args, kwargs, name = self.job_arguments(operation)
         # the source layer's placement now: the layers may change while the job runs
         on_returned = partial(self._add_layers, operation=operation, name=name,
-                              transform=source_transform(self._image.value), subregions=self._editor)
+                              transform=source_transform(self._image.value), subregions=self._editor,
+                              display=source_display(self._image.value))
         return job, args, kwargs, on_returned
 
     def _add_layers(self, result: EditResult, operation: str, name: str, transform: dict[str, Any],
-                    subregions: bool = False) -> None:
+                    subregions: bool = False, display: dict[str, Any] | None = None) -> None:
         """The edited scan and its labels as two new layers; with the brain editor the labels layer shows the
-        BraTS sub-regions in their own colours, named in its ``features`` (shown on hover) and its name."""
+        BraTS sub-regions in their own colours, named in its ``features`` (shown on hover) and its name. The
+        image gets ``display`` (the source layer's contrast limits and colormap, `source_display`)."""
         from napari_medgen.layers import volume_to_layer_data
 
         past = OPERATIONS[operation]
@@ -585,6 +587,7 @@ class TumourSynthesisWidget(JobWidget):
         for kwargs in (image_kwargs, labels_kwargs):
             kwargs.update({key: np.array(value) for key, value in transform.items()})
             kwargs["metadata"]["medgen_edit"] = result.report
+        image_kwargs.update(display or {})
         image_layer = self._viewer.add_image(image_data, **image_kwargs)
         labels_layer = self._viewer.add_labels(labels_data, **labels_kwargs)
         self.last_layers = (image_layer, labels_layer)

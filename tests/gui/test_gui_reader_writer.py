@@ -123,3 +123,25 @@ def test_sample_data_commands_load(make_napari_viewer) -> None:
     assert mni.data.shape == (189, 233, 197)
     # MNI origin (-98, -134, -72) RAS is (98, 134, -72) LPS: voxel 0 lies there in world (z, y, x)
     np.testing.assert_allclose(mni.data_to_world((0, 0, 0)), (-72.0, 134.0, 98.0), atol=1e-6)
+
+
+def test_label_map_opens_as_labels_by_content_with_a_notification(make_napari_viewer, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    import napari_medgen.napari_io as nio
+
+    said: list[str] = []
+    show_info = nio._notify
+    monkeypatch.setattr(nio, "_notify", lambda message: (said.append(message), show_info(message)))
+    data = np.zeros((6, 10, 12), dtype=np.uint8)
+    for value in range(1, 5):
+        data[1:5, 2 * value : 2 * value + 2, 2:10] = value
+    path = write_volume(LabelMap(data, spacing=(1.0, 1.0, 2.0)), tmp_path / "OTMultiClass.nii.gz")
+    scan = write_volume(Volume((data * 0.5).astype(np.float32), spacing=(1.0, 1.0, 2.0)), tmp_path / "t1.nii.gz")
+    viewer = make_napari_viewer()
+    [labels] = viewer.open(str(path), plugin=PLUGIN)
+    [image] = viewer.open(str(scan), plugin=PLUGIN)
+    assert isinstance(labels, napari.layers.Labels) and labels.name == "OTMultiClass"
+    assert isinstance(image, napari.layers.Image)  # float values in 0.5 steps: an image
+    np.testing.assert_array_equal(labels.data, data)
+    assert len(said) == 1 and "opened as labels: integer values 0-4" in said[0]
+    assert [str(unit) for unit in viewer.layers.units] == ["millimeter"] * 3  # the scale bar reads mm

@@ -112,6 +112,25 @@ def test_synthesize_at_a_point_adds_one_image_and_one_labels_layer(phantom_viewe
     assert widget._status.value.startswith("added") and widget._progress.value == widget._progress.max
 
 
+def test_result_shares_the_source_contrast_and_is_in_mm(make_napari_viewer, qtbot, tiny_bridge,
+                                                         brain_phantom) -> None:
+    image, _ = brain_phantom
+    viewer = make_napari_viewer()
+    image_layer = _add(viewer, image, "scan")
+    image_layer.contrast_limits = (0.1, 0.6)  # the user's own window, not the percentile default
+    image_layer.colormap = "magma"
+    centre = np.array(image.shape) / 2.0
+    points = viewer.add_points([image_layer.data_to_world(centre)], name="location")
+    widget = _widget(viewer, tiny_bridge, image_layer, points=points)
+    widget._shape_sliders["VoxelVolume"].value = 1.0  # cm3
+    _run(widget, qtbot, "synthesize")
+    assert widget.last_layers is not None, widget._status.value
+    image_out, _ = widget.last_layers
+    np.testing.assert_allclose(image_out.contrast_limits, image_layer.contrast_limits)
+    assert image_out.colormap.name == image_layer.colormap.name == "magma"
+    assert [str(unit) for unit in image_out.units] == ["millimeter"] * 3  # the scale bar reads mm
+
+
 def test_remove_leaves_no_tumour_and_keeps_far_voxels(phantom_viewer, qtbot, tiny_bridge) -> None:
     from scipy import ndimage
 

@@ -127,7 +127,8 @@ def test_reference_enables_similarity_and_sets_intensity_units(labels_viewer, qt
     viewer, layer = labels_viewer
     rng = np.random.default_rng(0)
     scan = (200.0 + 50.0 * rng.standard_normal(layer.data.shape)).astype(np.float32)
-    reference = viewer.add_image(scan, name="scan", scale=SCALE, translate=TRANSLATE)
+    reference = viewer.add_image(scan, name="scan", scale=SCALE, translate=TRANSLATE,
+                                 contrast_limits=(150.0, 260.0), colormap="viridis")
     widget = _seg2img_widget(viewer, tiny_seg2img, layer)
     widget._reference.value = None
     assert not widget._similarity.enabled
@@ -141,6 +142,8 @@ def test_reference_enables_similarity_and_sets_intensity_units(labels_viewer, qt
     assert header["similarity"] == pytest.approx(0.5)
     assert header["units"] == "reference intensities"
     assert float(np.median(out.data)) > 10.0  # mapped back to the scan's units, not the model's [0, 1]
+    np.testing.assert_allclose(out.contrast_limits, reference.contrast_limits)  # shown like the reference
+    assert out.colormap.name == reference.colormap.name
     np.testing.assert_allclose(_world_corners(out), _world_corners(layer), atol=1e-6)
 
 
@@ -193,6 +196,7 @@ def test_2d_labels_layer_gives_a_2d_image(make_napari_viewer, qtbot, tiny_seg2im
     assert out.data.shape == layer.data.shape
     np.testing.assert_allclose(out.scale, layer.scale)
     np.testing.assert_allclose(out.translate, layer.translate)
+    assert [str(unit) for unit in out.units] == ["millimeter"] * 2
 
 
 # ---- paired generation ----------------------------------------------------------------------------------
@@ -223,6 +227,8 @@ def test_paired_widget_adds_image_and_mask_stacks(make_napari_viewer, qtbot, tin
     assert float(images.data.min()) >= 0.0 and float(images.data.max()) <= 1.0
     np.testing.assert_allclose(images.scale, masks.scale)
     assert masks.metadata["medgen"]["header"]["pairs"] == 3
+    assert viewer.dims.current_step[0] == 0  # the slider shows pair 0, not napari's middle item
+    assert [str(unit) for unit in viewer.layers.units] == ["millimeter"] * 3  # the scale bar reads mm
 
 
 def test_paired_widget_needs_an_image_model_for_a_folder_guider(make_napari_viewer, qtbot, tiny_paired) -> None:
