@@ -131,9 +131,23 @@ def feature_settings(items: list[str] | None) -> dict[str, float]:
     return named_floats(items, "--set", "VoxelVolume=8000")
 
 
+#: seeds are 0 .. 2**63 - 1 (what every random generator the commands use accepts)
+MAX_SEED = 2**63 - 1
+
+
 def check_seed(seed: int) -> None:
-    if seed < 0:
-        raise MedGenError(f"--seed must be 0 or a positive integer; got {seed}.")
+    """Raise `MedGenError` for a --seed outside 0 .. 2**63 - 1."""
+    if not 0 <= seed <= MAX_SEED:
+        raise MedGenError(f"--seed must be an integer from 0 to {MAX_SEED}; got {seed}.")
+
+
+def refuse_bad_seed(seed: int) -> None:
+    """`check_seed` as a one-line error and exit code 2: every command with --seed calls it first, before any
+    other work."""
+    try:
+        check_seed(seed)
+    except MedGenError as error:
+        fail(error)
 
 
 def tumour_summary(labels: LabelMap) -> str:

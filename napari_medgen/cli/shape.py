@@ -16,6 +16,7 @@ from napari_medgen.cli._common import (
     fail,
     feature_settings,
     floats,
+    refuse_bad_seed,
     refuse_input_overwrite,
     use_device,
 )
@@ -47,6 +48,7 @@ def shape(
     overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Generate a tumour mask with requested shape features (volume, sphericity, ...)."""
+    refuse_bad_seed(seed)
     refuse_input_overwrite([("--out", out)], [reference, model], overwrite_input)
     target = use_device(device)
     from napari_medgen.core import io

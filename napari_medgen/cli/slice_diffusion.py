@@ -17,6 +17,7 @@ from napari_medgen.cli._common import (
     check_seed,
     console,
     fail,
+    refuse_bad_seed,
     refuse_input_overwrite,
     run_with_progress,
     use_device,
@@ -110,6 +111,7 @@ def seg2img(
     overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Generate an image that follows a label map, slice by slice, on exactly the labels' grid."""
+    refuse_bad_seed(seed)
     refuse_input_overwrite([("--out", out)], [labels, reference, model], overwrite_input)
     target = use_device(device)
     import time
@@ -190,6 +192,7 @@ def paired(
     overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Generate new 2D images together with their lesion masks (paired generation, PIG)."""
+    refuse_bad_seed(seed)
     refuse_input_overwrite([("--out", out)], [model, image_model], overwrite_input)
     target = use_device(device)
     import time

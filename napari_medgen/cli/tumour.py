@@ -20,6 +20,7 @@ from napari_medgen.cli._common import (
     feature_settings,
     floats,
     named_floats,
+    refuse_bad_seed,
     refuse_input_overwrite,
     run_with_progress,
     tumour_summary,
@@ -220,6 +221,7 @@ def synth(
     overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Synthesize a new tumour in a 3D scan; voxels away from it stay bit-identical."""
+    refuse_bad_seed(seed)
     refuse_input_overwrite([("--out", out), ("--mask-out", mask_out), ("--report", report)],
                            [image, shape_mask, *(texture_from or ()), model], overwrite_input)
     target = use_device(device)
@@ -301,6 +303,7 @@ def remove_tumour(
     overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Remove a tumour: its region (plus a 2 mm rim) is replaced by healthy-looking tissue."""
+    refuse_bad_seed(seed)
     refuse_input_overwrite([("--out", out), ("--mask-out", mask_out), ("--report", report)],
                            [image, labels, model], overwrite_input)
     target = use_device(device)
@@ -342,7 +345,8 @@ _BATCH_HELP = (
     "gets the same result for a --seed.\n\n"
     "Under `accelerate launch` process r takes the cases i with i % num_processes == r and writes "
     "manifest-rank<r>.json. Each pair is written atomically; the manifest lists the pairs written so far "
-    "(\"complete\": true at the end)."
+    "(\"complete\": true at the end). A case that fails (unreadable file, refused scan, failing variant) is listed "
+    "in the manifest's \"failed\" and at the end, the other cases are still made, and the exit code is 1."
 )
 
 
@@ -376,6 +380,7 @@ def batch_synth(
     overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Write N synthesized-tumour variants per case for data augmentation (random centres and shapes)."""
+    refuse_bad_seed(seed)
     _refuse_batch_overwrite(inputs, out_dir, variants, model, overwrite_input)
     target = use_device(device)
     from accelerate import PartialState
@@ -416,9 +421,16 @@ def batch_synth(
             console.print(f"{prefix}{len(written)} pair(s) were written before the error; {dest} has them and their "
                           "manifest.")
         fail(error)
+    for failure in result.failures:
+        console.print(f"{prefix}[bold red]failed:[/bold red] {escape(failure['error'])}", soft_wrap=True)
+    failed_cases = len({f["case"] for f in result.failures})
     console.print(f"{prefix}wrote {len(written)} image/mask pair(s) for {len(result.cases)} case(s) to {dest} "
                   f"({'brain editor' if result.steps is None else f'{result.steps} steps'}, seed {seed}); manifest "
-                  f"{result.manifest_path.name}")
+                  f"{result.manifest_path.name}"
+                  + (f"; {len(result.failures)} failure(s) in {failed_cases} case(s), listed in the manifest's "
+                     '"failed"' if result.failures else ""), soft_wrap=True)
+    if result.failures:
+        raise typer.Exit(code=1)
 
 
 def _refuse_batch_overwrite(inputs: list[Path], out_dir: Path, variants: int, model: str | None,

@@ -9,7 +9,8 @@ noise for a seed (``numpy.random.default_rng([seed, i, k])``), whichever process
 Sharding: process ``r`` of ``num_processes`` (e.g. under ``accelerate launch``) takes the cases ``i`` with
 ``i % num_processes == r`` and writes ``manifest-rank<r>.json``. Each image/mask pair is written atomically
 (`core.io.write_outputs`) as soon as it is made; the manifest lists the pairs written so far and says
-``"complete": true`` at the end, so an interrupted run leaves only whole pairs and a truthful manifest.
+``"complete": true`` at the end, so an interrupted run leaves only whole pairs and a truthful manifest. A case
+that fails (`MedGenError` or `OSError`) is listed in the manifest's ``"failed"`` and the other cases are still made.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from napari_medgen.core.naming import looks_like_labels, split_name
 from napari_medgen.core.progress import Job, ProgressEvent, run_job
 from napari_medgen.core.volume import Volume
-from napari_medgen.errors import InvalidInputError, MedGenError
+from napari_medgen.errors import CancelledError, InvalidInputError, MedGenError
 
 #: image files a folder contributes (single files, so that every output can be staged and renamed)
 INPUT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -51,6 +52,11 @@ class AugmentationResult:
     @property
     def cases(self) -> list[str]:
         return list(self.manifest["cases"])
+
+    @property
+    def failures(self) -> list[dict[str, Any]]:
+        """The cases (or variants) that failed: ``{"case", "source", "variant" (None: the whole case), "error"}``."""
+        return list(self.manifest.get("failed", []))
 
 
 def case_name(path: Path) -> str:
@@ -151,9 +157,11 @@ def augment_job(
     into ``out_dir``: ``<case>_synth<k>.nii.gz``, ``<case>_synth<k>_mask.nii.gz`` and ``manifest-rank<r>.json``.
 
     ``on_written(item, result)`` is called after each pair is on disk (``item``: its manifest entry, ``result``:
-    the `EditResult`). A failing case raises `MedGenError` naming the file (and variant); pairs written before
-    stay, listed in the manifest (``"complete": false``). Progress events are those of each synthesis, their
-    stage prefixed with the case and variant."""
+    the `EditResult`). A case that fails (unreadable file, refused scan, a failing variant: `MedGenError` or
+    `OSError`) is recorded in the manifest's ``"failed"`` (``case``, ``source``, ``variant`` or None, ``error``)
+    and the other cases are still made; `AugmentationResult.failures` lists them. Cancelling (or any other
+    exception) stops the run: pairs written before stay, listed in the manifest (``"complete": false``).
+    Progress events are those of each synthesis, their stage prefixed with the case and variant."""
     from napari_medgen.core import io
     from napari_medgen.core.atomic import atomic_write_text, json_text
     from napari_medgen.core.device import select_device
@@ -186,35 +194,48 @@ def augment_job(
         "command": "medgen batch", "model": str(model_name), "steps": n_steps, "seed": seed, "variants": variants,
         "volume_range_mm3": list(volumes), "sphericity_range": list(sphericities), "margin_mm": margin_mm,
         "process_index": process_index, "num_processes": num_processes, "cases": [name for _, name, _ in mine],
-        "complete": False, "items": [],
+        "complete": False, "items": [], "failed": [],
     }
     atomic_write_text(manifest_path, json_text(manifest))
+    def record_failure(name: str, path: Path, variant: int | None, error: BaseException) -> None:
+        where = path.name if variant is None else f"{path.name}, variant {variant}"
+        message = str(error) if isinstance(error, MedGenError) else f"{type(error).__name__}: {error}"
+        manifest["failed"].append({"case": name, "source": str(path), "variant": variant,
+                                   "error": f"{where}: {message}"})
+        atomic_write_text(manifest_path, json_text(manifest))
+
     for index, name, path in mine:
-        volume = io.read_volume(path)
         try:
+            volume = io.read_volume(path)
             if not editor:
                 check_scan(volume, net)
-        except MedGenError as error:
-            raise MedGenError(f"{path.name}: {error}") from error
-        candidates = centre_candidates(volume, margin_mm)
-        if len(candidates) == 0:
-            raise InvalidInputError(
-                f"{path.name}: no voxel lies {margin_mm:g} mm inside the foreground (voxels above the image "
-                "minimum) and the image border; lower the margin or use a larger scan."
-            )
+            candidates = centre_candidates(volume, margin_mm)
+            if len(candidates) == 0:
+                raise InvalidInputError(
+                    f"no voxel lies {margin_mm:g} mm inside the foreground (voxels above the image minimum) and the "
+                    "image border; lower the margin or use a larger scan."
+                )
+        except CancelledError:
+            raise
+        except (MedGenError, OSError) as error:  # one bad case does not stop the others
+            record_failure(name, path, None, error)
+            continue
         for k in range(variants):
             rng = np.random.default_rng([seed, index, k])
             centre = index_to_physical(volume, candidates[rng.integers(len(candidates))].astype(float))
             request = random_request(rng, volumes, sphericities)
             job_seed = int(rng.integers(0, 2**31 - 1))
-            job = synthesize_job(volume, center_mm=tuple(float(v) for v in centre), shape_request=request,
-                                 model=model_name, steps=n_steps, seed=job_seed, device=target)
             try:
+                job = synthesize_job(volume, center_mm=tuple(float(v) for v in centre), shape_request=request,
+                                     model=model_name, steps=n_steps, seed=job_seed, device=target)
                 result = yield from _prefixed(job, f"{name} variant {k}")
-            except MedGenError as error:
-                raise MedGenError(f"{path.name}, variant {k}: {error}") from error
-            image_name, mask_name = f"{name}_synth{k}.nii.gz", f"{name}_synth{k}_mask.nii.gz"
-            io.write_outputs([(result.image, out / image_name), (result.labels, out / mask_name)])
+                image_name, mask_name = f"{name}_synth{k}.nii.gz", f"{name}_synth{k}_mask.nii.gz"
+                io.write_outputs([(result.image, out / image_name), (result.labels, out / mask_name)])
+            except CancelledError:
+                raise
+            except (MedGenError, OSError) as error:
+                record_failure(name, path, k, error)
+                continue
             item = {
                 "case": name, "case_index": index, "source": str(path), "variant": k,
                 "image": image_name, "mask": mask_name, "center_mm": [float(v) for v in centre],

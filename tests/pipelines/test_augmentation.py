@@ -12,7 +12,7 @@ import pytest
 from napari_medgen.core import io
 from napari_medgen.core.progress import CancelToken, run_job
 from napari_medgen.core.volume import LabelMap, Volume
-from napari_medgen.errors import CancelledError, InvalidInputError, MedGenError
+from napari_medgen.errors import CancelledError, InvalidInputError
 from napari_medgen.pipelines.augmentation import (
     augment,
     augment_job,
@@ -110,5 +110,8 @@ def test_a_scan_without_room_for_a_centre_names_the_file(
 ) -> None:
     image, _ = brain_phantom
     path = io.write_volume(image, tmp_path / "head.nii.gz")
-    with pytest.raises(MedGenError, match="head.nii.gz: no voxel"):
-        augment([path], tmp_path / "out", variants=1, model=tiny_bridge, steps=2, margin_mm=500.0)
+    result = augment([path], tmp_path / "out", variants=1, model=tiny_bridge, steps=2, margin_mm=500.0)
+    assert result.items == [] and result.manifest["complete"] is True
+    [failure] = result.failures
+    assert failure["case"] == "head" and failure["variant"] is None and failure["source"] == str(path)
+    assert failure["error"].startswith("head.nii.gz: no voxel")
