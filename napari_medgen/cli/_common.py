@@ -206,3 +206,12 @@ def refuse_input_overwrite(
                     f"{option} {out} {how} the input {source}: it would be overwritten. Choose another output "
                     "path, or pass --overwrite-input to replace the input."
                 ))
+
+
+def preflight(seed: int, outputs: Sequence[tuple[str, Path | None]], inputs: Sequence[Path | str | None],
+              overwrite_input: bool, device: str | None) -> torch.device:
+    """The checks every model command makes before any work, in this order: the seed's range, no output that is an
+    input (`refuse_input_overwrite`), the device (`use_device`). Returns the device."""
+    refuse_bad_seed(seed)
+    refuse_input_overwrite(outputs, inputs, overwrite_input)
+    return use_device(device)

@@ -16,9 +16,7 @@ from napari_medgen.cli._common import (
     fail,
     feature_settings,
     floats,
-    refuse_bad_seed,
-    refuse_input_overwrite,
-    use_device,
+    preflight,
 )
 from napari_medgen.errors import MedGenError
 
@@ -48,9 +46,7 @@ def shape(
     overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Generate a tumour mask with requested shape features (volume, sphericity, ...)."""
-    refuse_bad_seed(seed)
-    refuse_input_overwrite([("--out", out)], [reference, model], overwrite_input)
-    target = use_device(device)
+    target = preflight(seed, [("--out", out)], [reference, model], overwrite_input, device)
     from napari_medgen.core import io
     from napari_medgen.pipelines.shape_generation import (
         DEFAULT_CANDIDATES,

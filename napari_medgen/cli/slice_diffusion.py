@@ -17,10 +17,8 @@ from napari_medgen.cli._common import (
     check_seed,
     console,
     fail,
-    refuse_bad_seed,
-    refuse_input_overwrite,
+    preflight,
     run_with_progress,
-    use_device,
 )
 from napari_medgen.errors import MedGenError
 
@@ -111,9 +109,7 @@ def seg2img(
     overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Generate an image that follows a label map, slice by slice, on exactly the labels' grid."""
-    refuse_bad_seed(seed)
-    refuse_input_overwrite([("--out", out)], [labels, reference, model], overwrite_input)
-    target = use_device(device)
+    target = preflight(seed, [("--out", out)], [labels, reference, model], overwrite_input, device)
     import time
 
     from napari_medgen.core import io
@@ -192,9 +188,7 @@ def paired(
     overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Generate new 2D images together with their lesion masks (paired generation, PIG)."""
-    refuse_bad_seed(seed)
-    refuse_input_overwrite([("--out", out)], [model, image_model], overwrite_input)
-    target = use_device(device)
+    target = preflight(seed, [("--out", out)], [model, image_model], overwrite_input, device)
     import time
 
     from napari_medgen.core import io

@@ -20,6 +20,7 @@ from napari_medgen.cli._common import (
     feature_settings,
     floats,
     named_floats,
+    preflight,
     refuse_bad_seed,
     refuse_input_overwrite,
     run_with_progress,
@@ -221,10 +222,8 @@ def synth(
     overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Synthesize a new tumour in a 3D scan; voxels away from it stay bit-identical."""
-    refuse_bad_seed(seed)
-    refuse_input_overwrite([("--out", out), ("--mask-out", mask_out), ("--report", report)],
-                           [image, shape_mask, *(texture_from or ()), model], overwrite_input)
-    target = use_device(device)
+    target = preflight(seed, [("--out", out), ("--mask-out", mask_out), ("--report", report)],
+                           [image, shape_mask, *(texture_from or ()), model], overwrite_input, device)
     from napari_medgen.core import io
     from napari_medgen.pipelines import tumor_synthesis
     from napari_medgen.pipelines.tumor_synthesis import synthesize_job
@@ -303,10 +302,8 @@ def remove_tumour(
     overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Remove a tumour: its region (plus a 2 mm rim) is replaced by healthy-looking tissue."""
-    refuse_bad_seed(seed)
-    refuse_input_overwrite([("--out", out), ("--mask-out", mask_out), ("--report", report)],
-                           [image, labels, model], overwrite_input)
-    target = use_device(device)
+    target = preflight(seed, [("--out", out), ("--mask-out", mask_out), ("--report", report)],
+                           [image, labels, model], overwrite_input, device)
     import numpy as np
 
     from napari_medgen.core import io

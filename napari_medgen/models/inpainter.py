@@ -54,6 +54,21 @@ def brain_range(known: np.ndarray, region: np.ndarray, brain: np.ndarray) -> tup
     return low, high
 
 
+def healthy_brain(image: np.ndarray, region: np.ndarray, brain: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, float, float, np.ndarray]:
+    """(the scan as float32 with ``region`` zeroed, low, high, brain mask): the one definition of brain-normalised
+    units (``(I - low) / (high - low)``, `brain_range`) shared by removal, synthesis and training; nothing under
+    ``region`` is read."""
+    from napari_medgen.core.inpainting import default_brain_mask
+
+    known = np.asarray(image, dtype=np.float32).copy()
+    known[region] = 0.0
+    if brain is None:
+        brain = default_brain_mask(known, region)
+    low, high = brain_range(known, region, brain)
+    return known, low, high, brain
+
+
 @dataclass(frozen=True)
 class InpaintInputs:
     """Everything the network and `combine` need, in normalised units (0 = low, 1 = high brain intensity)."""
@@ -114,14 +129,10 @@ def prepare(image: np.ndarray, region: np.ndarray, spacing_zyx: Sequence[float],
     Nothing under ``region`` is read. ``mirror_index`` (the left-right symmetry plane, see
     `core.inpainting.estimate_mirror_index`) can be given to skip its estimation (training reuses it per scan).
     """
-    from napari_medgen.core.inpainting import default_brain_mask, harmonic_fill, mirror_harmonic_fill
+    from napari_medgen.core.inpainting import harmonic_fill, mirror_harmonic_fill
 
     region = np.asarray(region, dtype=bool)
-    known = np.asarray(image, dtype=np.float32).copy()
-    known[region] = 0.0
-    if brain is None:
-        brain = default_brain_mask(known, region)
-    low, high = brain_range(known, region, brain)
+    known, low, high, brain = healthy_brain(image, region, brain)
     norm = (known - low) / (high - low)
     norm[region] = 0.0
     spacing = tuple(float(s) for s in spacing_zyx)
@@ -186,4 +197,4 @@ class Inpainter(HubModelMixin, nn.Module):
         return w[0, 0].float().cpu().numpy(), r[0, 0].float().cpu().numpy()
 
 
-__all__ = ["IN_CHANNELS", "InpaintInputs", "Inpainter", "brain_range", "combine", "prepare"]
+__all__ = ["IN_CHANNELS", "InpaintInputs", "Inpainter", "brain_range", "combine", "healthy_brain", "prepare"]

@@ -83,13 +83,9 @@ def appearance_of(net: Any, sequence: str) -> dict[str, Any]:
 def normalised(volume: Volume, region: np.ndarray) -> tuple[np.ndarray, float, float, np.ndarray]:
     """(brain-normalised scan, low, high, brain): units as the appearance was fitted in; nothing under ``region``
     is read."""
-    from napari_medgen.core.inpainting import default_brain_mask
-    from napari_medgen.models.inpainter import brain_range
+    from napari_medgen.models.inpainter import healthy_brain
 
-    known = np.asarray(volume.array, dtype=np.float32).copy()
-    known[region] = 0.0
-    brain = default_brain_mask(known, region)
-    low, high = brain_range(known, region, brain)
+    _, low, high, brain = healthy_brain(np.asarray(volume.array), region)
     return (np.asarray(volume.array, dtype=np.float32) - low) / (high - low), low, high, brain
 
 

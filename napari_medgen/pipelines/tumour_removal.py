@@ -96,8 +96,7 @@ def inpaint_job(
     device: Any = None,
 ) -> Job[InpaintResult]:
     """Job form of `inpaint`: one event per stage (estimates, network, result)."""
-    from napari_medgen.core.inpainting import default_brain_mask
-    from napari_medgen.models.inpainter import brain_range, combine, prepare
+    from napari_medgen.models.inpainter import combine, healthy_brain, prepare
 
     if method not in METHODS:
         raise InvalidInputError(f"Unknown inpainting method {method!r}; choose one of {', '.join(METHODS)}.")
@@ -110,20 +109,16 @@ def inpaint_job(
     yield ProgressEvent(0, _STAGES, "removing tumour", "classical estimates")
     arr = np.asarray(volume.array)
     spacing = tuple(float(s) for s in volume.spacing_zyx)
-    known = arr.astype(np.float32)
-    known[mask] = 0.0
-    brain = default_brain_mask(known, mask)
+    known, low, high, brain = healthy_brain(arr, mask)
     report: dict[str, Any] = {"operation": "inpaint", "method": method, "region_voxels": int(mask.sum()),
                               "region_cm3": float(mask.sum() * np.prod(spacing) / 1000.0)}
     if net is None:
-        low, high = brain_range(known, mask, brain)
         norm = (known - low) / (high - low)
         filled = _classical(method, norm, mask, spacing, brain)
         yield ProgressEvent(2, _STAGES, "removing tumour", method)
     else:
         inputs = prepare(known, mask, spacing, work_mm=float(net.config["work_mm"]), crop=int(net.config["crop_size"]),
                          brain=brain)
-        low, high = inputs.low, inputs.high
         yield ProgressEvent(1, _STAGES, "removing tumour", "inpainting network")
         weight, residual = net.predict(inputs)
         filled = combine(inputs, weight, residual)
