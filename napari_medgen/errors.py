@@ -37,3 +37,7 @@ class ConfigError(MedGenError):
 
 class CancelledError(MedGenError):
     """The user cancelled a running job; nothing was written."""
+
+
+class OutputPathError(MedGenError):
+    """An output cannot be created where the user asked (read-only folder, a parent that is a file...)."""

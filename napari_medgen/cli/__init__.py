@@ -38,9 +38,20 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: object = None, line: str | None = None) -> None:
+    """Python warnings (uneven DICOM slices, several series, ...) as one yellow line, like the errors."""
+    from rich.markup import escape
+
+    console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point. SIGTERM takes the same cleanup path as Ctrl-C and ends with exit code 143 and a
-    one-line message."""
+    one-line message; warnings print as one line."""
+    import warnings
+
+    warnings.showwarning = _one_line_warning
     if hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:

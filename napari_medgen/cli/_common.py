@@ -31,7 +31,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one message, one line: logs and pipes are not 80 columns
 
 # options shared by several commands
 DeviceOption = Annotated[str | None, typer.Option(
@@ -208,10 +208,33 @@ def refuse_input_overwrite(
                 ))
 
 
+def refuse_unwritable(outputs: Sequence[tuple[str, Path | None]]) -> None:
+    """Exit with code 2 and a one-line error when an output cannot be created: its nearest existing parent is a file
+    or a folder this user cannot write. Cheap, so commands learn it before a model loads rather than after the work
+    (`core.atomic.staged_outputs` still reports what only the write itself can find, e.g. a full disk)."""
+    from napari_medgen.core.atomic import output_error
+
+    for _, out in outputs:
+        if out is None:
+            continue
+        dest = Path(out).expanduser().absolute()
+        parent = dest.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            fail(output_error(dest, NotADirectoryError()))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            fail(output_error(dest, PermissionError()))
+
+
 def preflight(seed: int, outputs: Sequence[tuple[str, Path | None]], inputs: Sequence[Path | str | None],
-              overwrite_input: bool, device: str | None) -> torch.device:
-    """The checks every model command makes before any work, in this order: the seed's range, no output that is an
-    input (`refuse_input_overwrite`), the device (`use_device`). Returns the device."""
+              overwrite_input: bool, device: str | None, steps: int | None = None) -> torch.device:
+    """The checks every model command makes before any work, in this order: the seed's range, ``steps`` >= 1 (the
+    upper bound depends on the model), no output that is an input (`refuse_input_overwrite`) or that cannot be
+    created (`refuse_unwritable`), the device (`use_device`). Returns the device."""
     refuse_bad_seed(seed)
+    if steps is not None and steps < 1:
+        fail(MedGenError(f"--steps must be at least 1; got {steps}."))
     refuse_input_overwrite(outputs, inputs, overwrite_input)
+    refuse_unwritable(outputs)
     return use_device(device)

@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from napari_medgen.cli._common import OverwriteInputOption, app, console, fail, refuse_input_overwrite
+from napari_medgen.cli._common import (
+    OverwriteInputOption,
+    app,
+    console,
+    fail,
+    refuse_input_overwrite,
+    refuse_unwritable,
+)
 from napari_medgen.errors import MedGenError
 
 
@@ -41,6 +48,7 @@ def convert(
 ) -> None:
     """Convert between NIfTI, NRRD, MetaImage and DICOM series, keeping spacing, origin and direction."""
     refuse_input_overwrite([("DESTINATION", destination)], [source], overwrite_input)
+    refuse_unwritable([("DESTINATION", destination)])
     from napari_medgen.core import io
 
     try:

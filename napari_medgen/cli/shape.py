@@ -61,6 +61,7 @@ def shape(
                               model=model or DEFAULT_MODEL,
                               candidates=DEFAULT_CANDIDATES if candidates is None else candidates,
                               match_axes=match_axes, device=target).mask
+        generated = _mm3(mask)
         if reference is not None or center_mm is not None:
             if reference is None or center_mm is None:
                 raise MedGenError("--reference and --center-mm go together: the image grid and the point in it.")
@@ -68,5 +69,28 @@ def shape(
         io.write_volume(mask, out)
     except MedGenError as error:
         fail(error)
-    volume = float((mask.array > 0).sum() * np.prod(mask.spacing))
+    volume = _mm3(mask)
     console.print(f"wrote {out}: {volume:.0f} mm3 of tumour on a {mask.shape[::-1]} grid, spacing {mask.spacing}")
+    _warn_volume_not_met(features, generated, volume)
+
+
+#: a written volume further than this (relative) from the requested one gets a warning
+VOLUME_TOLERANCE = 0.25
+
+
+def _mm3(mask: object) -> float:
+    return float((np.asarray(mask.array) > 0).sum() * np.prod(mask.spacing))
+
+
+def _warn_volume_not_met(features: dict[str, float], generated: float, written: float) -> None:
+    """Say so when the written mask's volume is far from a requested VoxelVolume / MeshVolume, and why: the
+    reference grid cut the shape, or the request lies outside what the model makes."""
+    for name in ("VoxelVolume", "MeshVolume"):
+        wanted = features.get(name)
+        if wanted is None or wanted <= 0 or abs(written - wanted) <= VOLUME_TOLERANCE * wanted:
+            continue
+        why = ("the reference grid cut the shape (it is too thin or the point is near its edge)"
+               if written < (1 - VOLUME_TOLERANCE) * generated
+               else "the request lies outside the volumes the shape model makes; see `medgen shape --help` presets")
+        console.print(f"[yellow]warning:[/yellow] requested {name}={wanted:g} mm3 but the mask holds {written:.0f} "
+                      f"mm3: {why}.")

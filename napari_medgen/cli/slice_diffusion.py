@@ -109,7 +109,7 @@ def seg2img(
     overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Generate an image that follows a label map, slice by slice, on exactly the labels' grid."""
-    target = preflight(seed, [("--out", out)], [labels, reference, model], overwrite_input, device)
+    target = preflight(seed, [("--out", out)], [labels, reference, model], overwrite_input, device, steps)
     import time
 
     from napari_medgen.core import io
@@ -188,7 +188,7 @@ def paired(
     overwrite_input: OverwriteInputOption = False,
 ) -> None:
     """Generate new 2D images together with their lesion masks (paired generation, PIG)."""
-    target = preflight(seed, [("--out", out)], [model, image_model], overwrite_input, device)
+    target = preflight(seed, [("--out", out)], [model, image_model], overwrite_input, device, steps)
     import time
 
     from napari_medgen.core import io
@@ -219,7 +219,7 @@ def paired(
         result = run_with_progress(job, "paired", quiet=quiet)
         elapsed = time.perf_counter() - start
         width = max(3, len(str(n)))
-        with staged_outputs([dest]) as (staged,):
+        with staged_outputs([dest], replace=overwrite) as (staged,):
             staged.mkdir()
             for index, (image, mask) in enumerate(result.pairs):
                 name = staged / f"image_{index:0{width}d}.{fmt}"

@@ -23,6 +23,7 @@ from napari_medgen.cli._common import (
     preflight,
     refuse_bad_seed,
     refuse_input_overwrite,
+    refuse_unwritable,
     run_with_progress,
     tumour_summary,
     use_device,
@@ -60,10 +61,12 @@ def _check_edit_outputs(out: Path, mask_out: Path | None, report: Path | None) -
         raise MedGenError("The output files must all be different (--out, --mask-out, --report).")
 
 
-def _check_edit_counts(seed: int, steps: int | None) -> None:
+def _check_edit_counts(seed: int, steps: int | None, label_value: int = 1) -> None:
     check_seed(seed)
     if steps is not None and steps < 1:
         raise MedGenError(f"--steps must be at least 1; got {steps}.")
+    if not 1 <= label_value <= 255:
+        raise MedGenError(f"--label-value must be 1..255; got {label_value}.")
 
 
 def _texture_settings(items: list[str] | None) -> dict[str, float]:
@@ -230,7 +233,7 @@ def synth(
 
     model_name = model or tumor_synthesis.DEFAULT_MODEL
     try:
-        _check_edit_counts(seed, steps)
+        _check_edit_counts(seed, steps, label_value)
         editor = _is_editor(model_name)
         edema = _edema_range(edema_mm, no_edema)
         editor_options: dict[str, object] = {}
@@ -439,6 +442,7 @@ def _refuse_batch_overwrite(inputs: list[Path], out_dir: Path, variants: int, mo
     from napari_medgen.pipelines.augmentation import find_cases
 
     refuse_input_overwrite([("--out-dir", out_dir)], [*inputs, model], overwrite_input, replaces_folder=False)
+    refuse_unwritable([("--out-dir", out_dir)])
     if overwrite_input:
         return
     try:

@@ -9,6 +9,7 @@ Volumes go through `napari_medgen.core.io.write_volume` / `write_outputs`, which
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from napari_medgen.errors import CorruptFileError
+from napari_medgen.errors import CorruptFileError, OutputPathError
 
 #: suffix of every staging folder (hidden, beside its destination)
 TMP_SUFFIX = ".medgen-tmp"
@@ -58,13 +59,29 @@ def commit_folder(staged: Path, dest: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
-def _commit_one(staging: Path, dest: Path) -> list[Path]:
+def _claim_folder(staged: Path, dest: Path) -> None:
+    """Move ``staged`` to ``dest`` only if nothing is there (an empty folder may be taken over): two runs writing
+    the same output at the same time must not both report success while the later replaces the earlier."""
+    if dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
+        raise FileExistsError(dest)
+    try:
+        os.rename(staged, dest)  # a non-empty folder that appeared meanwhile makes this fail (ENOTEMPTY)
+    except OSError as error:
+        if isinstance(error, FileExistsError) or error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FileExistsError(dest) from None
+        raise
+
+
+def _commit_one(staging: Path, dest: Path, replace: bool = True) -> list[Path]:
     """Move what was written as ``staging / dest.name`` into place: a folder is swapped in whole, files (the
     main one plus any side files, e.g. ``.raw`` of an ``.mhd``) are renamed, the main file last so it never
     points at missing data. Returns the paths created."""
     main = staging / dest.name
     if main.is_dir():
-        commit_folder(main, dest)
+        if replace:
+            commit_folder(main, dest)
+        else:
+            _claim_folder(main, dest)
         return [dest]
     names = sorted(os.listdir(staging), key=lambda n: (n == dest.name, n))
     if dest.name not in names:
@@ -76,12 +93,26 @@ def _commit_one(staging: Path, dest: Path) -> list[Path]:
     return done
 
 
+def output_error(dest: Path, error: OSError) -> OutputPathError:
+    """A one-line `OutputPathError` for an `OSError` met while creating or moving ``dest``."""
+    reasons = {
+        PermissionError: "the folder is not writable (permission denied)",
+        NotADirectoryError: "a parent of it is a file, not a folder",
+        FileExistsError: "a file of that name is in the way",
+        IsADirectoryError: "a folder of that name is in the way",
+    }
+    reason = next((text for kind, text in reasons.items() if isinstance(error, kind)),
+                  error.strerror or str(error))
+    return OutputPathError(f"Cannot write {dest}: {reason}. Choose another output path; nothing was written.")
+
+
 @contextlib.contextmanager
-def staged_outputs(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[Path]]:
+def staged_outputs(paths: Sequence[str | os.PathLike[str]], *, replace: bool = True) -> Iterator[list[Path]]:
     """Write several outputs all or none: yields one temporary path per destination (``<hidden folder>/<name>``,
     write a file or a folder there, plus side files beside it). When the block ends without error every output is
     renamed into place; on any error or Ctrl-C nothing new is left behind (outputs renamed already are removed
-    again, new parent folders too) and the error propagates."""
+    again, new parent folders too) and the error propagates. ``replace=False``: a folder output that exists (not
+    empty) when the block ends is an `OutputPathError`, not replaced (another run wrote it meanwhile)."""
     dests = [Path(p).expanduser().absolute() for p in paths]
     created: list[Path] = []
     staging: list[Path] = []
@@ -89,13 +120,22 @@ def staged_outputs(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[Pat
     done = False
     try:
         for dest in dests:
-            created.extend(create_parents(dest))
-            folder = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
-            folder.mkdir()  # not mkdtemp: a folder output is renamed into place and must get the usual permissions
+            try:
+                created.extend(create_parents(dest))
+                folder = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
+                folder.mkdir()  # not mkdtemp: a folder output is renamed into place and gets the usual permissions
+            except OSError as error:
+                raise output_error(dest, error) from None
             staging.append(folder)
         yield [folder / dest.name for folder, dest in zip(staging, dests, strict=True)]
         for folder, dest in zip(staging, dests, strict=True):
-            committed.extend(_commit_one(folder, dest))
+            try:
+                committed.extend(_commit_one(folder, dest, replace))
+            except FileExistsError:
+                raise OutputPathError(f"{dest} was written by another run while this one was working; this run's "
+                                      "result was not written. Choose a new folder, or pass --overwrite.") from None
+            except OSError as error:
+                raise output_error(dest, error) from None
         done = True
     except BaseException:
         for path in committed:

@@ -45,8 +45,10 @@ def folder_has_dicom(folder: Path, max_files: int = 64) -> bool:
 
 
 
-def _dicom_positions_warning(reader: sitk.ImageSeriesReader, image: sitk.Image, count: int) -> None:
-    """Warn when slices are unevenly spaced (gaps, missing slices): ITK then uses the mean spacing."""
+def _dicom_positions_warning(reader: sitk.ImageSeriesReader, image: sitk.Image, files: list[str]) -> None:
+    """Warn when slices are unevenly spaced (gaps, missing or unreadable slices): ITK then uses the mean spacing.
+    The warning names the files on either side of the largest gap, so the user knows where to look."""
+    count = len(files)
     if count < 3:
         return
     try:
@@ -56,14 +58,31 @@ def _dicom_positions_warning(reader: sitk.ImageSeriesReader, image: sitk.Image, 
     normal = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
     steps = np.diff(positions @ normal)
     if steps.size and np.ptp(steps) > 1e-3 * max(abs(float(np.mean(steps))), 1e-6) + 1e-4:
+        typical = float(np.median(steps))
+        worst = int(np.argmax(np.abs(steps - typical)))
         warnings.warn(
-            f"DICOM slices are unevenly spaced (steps from {steps.min():.4g} to {steps.max():.4g} mm: "
-            "missing "
-            f"slices or a gantry-tilt/variable-spacing series); the volume uses the mean spacing "
-            f"{image.GetSpacing()[2]:.4g} mm, so slice positions may be off. Check the series is complete.",
+            f"DICOM slices are unevenly spaced (steps from {steps.min():.4g} to {steps.max():.4g} mm; the largest "
+            f"gap, {steps[worst]:.4g} mm against {typical:.4g} mm, is between {Path(files[worst]).name} and "
+            f"{Path(files[worst + 1]).name}: a missing or unreadable slice, or a gantry-tilt/variable-spacing "
+            f"series). The volume uses the mean spacing {image.GetSpacing()[2]:.4g} mm, so slice positions may be "
+            "off. Check the series is complete.",
             UserWarning,
             stacklevel=4,
         )
+
+
+def _unread_files_warning(folder: Path, files: dict[str, list[str]]) -> None:
+    """Name DICOM files of the folder that belong to no series (truncated or unreadable): GDCM skips them."""
+    used = {Path(f).name for names in files.values() for f in names}
+    try:
+        candidates = [e for e in sorted(folder.iterdir()) if e.is_file() and e.name not in used
+                      and (e.name.lower().endswith(".dcm") or has_dicom_magic(e))]
+    except OSError:
+        return
+    if candidates:
+        shown = ", ".join(e.name for e in candidates[:5]) + (" ..." if len(candidates) > 5 else "")
+        warnings.warn(f"{len(candidates)} DICOM file(s) in {folder} could not be read and were left out: {shown}. "
+                      "They may be truncated or damaged; the volume has a gap there.", UserWarning, stacklevel=4)
 
 
 def read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image, dict[str, str]]:
@@ -91,9 +110,10 @@ def read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image,
         if len(series_ids) > 1:
             meta["dicom_series_note"] = (
                 f"folder holds {len(series_ids)} series; read {chosen!r} ({len(files[chosen])} files), the "
-                "largest. Pass series_uid= to choose another: "
-                + "; ".join(f"{uid!r} ({len(f)} files)" for uid, f in files.items())
+                "largest. Pass series_uid= (Python) or move the other series to their own folders to choose "
+                "another: " + "; ".join(f"{uid!r} ({len(f)} files)" for uid, f in files.items())
             )
+            warnings.warn(f"DICOM {meta['dicom_series_note']}", UserWarning, stacklevel=3)
     reader.SetFileNames(files[chosen])
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
@@ -104,7 +124,8 @@ def read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image,
         if reader.HasMetaDataKey(0, tag):
             meta[name] = reader.GetMetaData(0, tag).strip()
     meta["dicom_file_count"] = str(len(files[chosen]))
-    _dicom_positions_warning(reader, image, len(files[chosen]))
+    _unread_files_warning(folder, files)
+    _dicom_positions_warning(reader, image, files[chosen])
     return image, meta
 
 

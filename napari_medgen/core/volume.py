@@ -51,6 +51,29 @@ def _direction(value: Sequence[float] | np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in mat)
 
 
+def describe_labels(values: Sequence[int], limit: int = 12) -> str:
+    """``"1, 2, 4"``, or ``"1 .. 4095 (3564 values; is this an image rather than labels?)"`` beyond ``limit``."""
+    values = [int(v) for v in values]
+    if not values:
+        return "none (empty)"
+    if len(values) <= limit:
+        return ", ".join(str(v) for v in values)
+    return f"{values[0]} .. {values[-1]} ({len(values)} values; is this an image rather than labels?)"
+
+
+def _frozen(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as a read-only array nobody else can write: copied when it, or any array it views, is writeable
+    (the caller could otherwise change a "read-only" volume afterwards); shared as is when already frozen."""
+    base: object = arr
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            arr = np.array(arr, copy=True)
+            break
+        base = base.base
+    arr.flags.writeable = False
+    return arr
+
+
 @dataclass(frozen=True, eq=False)
 class Volume:
     """A 3D scalar image with its physical geometry (see the module docstring for conventions)."""
@@ -70,9 +93,7 @@ class Volume:
             )
         if arr.dtype.kind not in "biuf":
             raise InvalidInputError(f"Voxel type {arr.dtype} is not supported; use an integer or float array.")
-        view = arr.view()
-        view.flags.writeable = False
-        object.__setattr__(self, "array", view)
+        object.__setattr__(self, "array", _frozen(arr))
         spacing = _triple(self.spacing, "spacing")
         if min(spacing) <= 0:
             raise InvalidInputError(f"spacing must be positive; got {spacing}.")
@@ -199,12 +220,17 @@ class LabelMap(Volume):
         values = np.unique(self.array)
         return [int(v) for v in values if v != 0]
 
+    def labels_text(self, limit: int = 12) -> str:
+        """The labels present for an error message: all of them when few, else a range and a count (a label file
+        that is really an image must not produce a message thousands of characters long)."""
+        return describe_labels(self.labels(), limit)
+
     def mask(self, label: int | None = None) -> np.ndarray:
         """Boolean mask of one label value, or of every non-zero label when ``label`` is None."""
         if label is None:
             return self.array != 0
         if label not in self.labels():
             raise InvalidInputError(
-                f"Label {label} is not present; this label map has labels {self.labels() or 'none (empty)'}."
+                f"Label {label} is not present; this label map has labels {self.labels_text()}."
             )
         return self.array == label

@@ -17,6 +17,7 @@ import numpy as np
 from napari_medgen.core.progress import Job, ProgressEvent, run_job
 from napari_medgen.core.volume import LabelMap, Volume
 from napari_medgen.errors import InvalidInputError
+from napari_medgen.radiomics.discretisation import MIN_OCCUPIED_BINS, TEXTURE_CLASSES, discretisation_warning
 from napari_medgen.radiomics.params import RadiomicsParams
 from napari_medgen.radiomics.settings import RadiomicsSettings
 
@@ -62,7 +63,9 @@ def extract_features_job(
 ) -> Job[RadiomicsResult]:
     """Job form of `extract_features`: one event per feature class, each a cancellation point.
 
-    ``label`` defaults to the params' ``label`` setting (1).
+    ``label`` defaults to the params' ``label`` setting (1); ``label=0`` measures every non-zero label together
+    (all labels as one ROI). The report's ``warnings`` lists a degenerate discretisation
+    (`discretisation_warning`).
     """
     from napari_medgen.radiomics.table import features_for
 
@@ -75,11 +78,23 @@ def extract_features_job(
     loaded = as_params(params)
     classes = _feature_classes(loaded)
     effective = loaded.settings.label if label is None else int(label)
+    all_labels = effective == 0
+    if all_labels:
+        if not np.any(np.asarray(labels.array)):
+            raise InvalidInputError("The labels layer is empty: draw or load a region first.")
+        labels = labels.as_labels((np.asarray(labels.array) != 0).astype(np.uint8))
+        effective = 1
     features: dict[str, float] = {}
     for index, cls in enumerate(classes):
         features.update(features_for(image, labels, effective, replace(loaded, feature_classes=(cls,))))
         yield ProgressEvent(index + 1, len(classes), "radiomics", f"{cls} done")
-    report = {"label": effective, "feature_classes": classes, "n_features": len(features)}
+    warnings = []
+    if set(classes) & set(TEXTURE_CLASSES):
+        warning = discretisation_warning(image, np.asarray(labels.array) == effective, loaded.settings)
+        if warning is not None:
+            warnings.append(warning)
+    report = {"label": "all" if all_labels else effective, "feature_classes": classes, "n_features": len(features),
+              "warnings": warnings}
     return RadiomicsResult(features, report)
 
 
@@ -110,4 +125,5 @@ def feature_rows_job(
     return rows
 
 
-__all__ = ["RadiomicsResult", "as_params", "extract_features", "extract_features_job", "feature_rows_job"]
+__all__ = ["MIN_OCCUPIED_BINS", "RadiomicsResult", "as_params", "discretisation_warning", "extract_features",
+           "extract_features_job", "feature_rows_job"]

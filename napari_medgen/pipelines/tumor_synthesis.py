@@ -76,8 +76,8 @@ def _fill_value(net: Any) -> float:
     return float(net.hub_extra.get("fill_value", FILL_VALUE))
 
 
-def check_scan(volume: Volume, net: Any) -> None:
-    """Refuse inputs the model cannot edit faithfully: non-3D, non-finite, off-spacing or oblique scans."""
+def check_3d_scan(volume: Volume) -> None:
+    """Cheap checks every edit makes before a model loads: a real-valued 3D scan (not one slice), all finite."""
     if not isinstance(volume, Volume) or isinstance(volume, LabelMap):
         raise InvalidInputError(f"The image must be a Volume (a scan); got {type(volume).__name__}.")
     arr = np.asarray(volume.array)
@@ -90,6 +90,11 @@ def check_scan(volume: Volume, net: Any) -> None:
         raise InvalidInputError(f"The image must hold real numbers; got dtype {arr.dtype}.")
     if not np.all(np.isfinite(arr)):
         raise InvalidInputError("The image contains NaN/Inf voxels; replace them before editing it.")
+
+
+def check_scan(volume: Volume, net: Any) -> None:
+    """Refuse inputs the model cannot edit faithfully: non-3D, non-finite, off-spacing or oblique scans."""
+    check_3d_scan(volume)
     trained = np.asarray(net.hub_extra.get("spacing_mm", [1.0, 1.0, 1.0]), dtype=float)
     spacing = np.asarray(volume.spacing, dtype=float)
     if np.any(np.abs(spacing - trained) > SPACING_TOLERANCE * trained):
@@ -127,7 +132,7 @@ def _region_on_grid(labels: LabelMap, volume: Volume, label: int | None, what: s
     else:
         if int(label) not in present:
             raise InvalidInputError(
-                f"Label {label} does not occur in the {what} (labels present: {present or 'none'}); pick one of "
+                f"Label {label} does not occur in the {what} (labels present: {labels.labels_text()}); pick one of "
                 "those, or leave the label out to use every non-zero label."
             )
         region = np.asarray(labels.array) == int(label)
@@ -384,6 +389,7 @@ def _editor(operation: str, volume: Volume, model: str | Path, device: Any, *, s
     seed = options["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise InvalidInputError(f"seed must be 0 or a positive integer; got {seed!r}.")
+    check_3d_scan(volume)
     net = load_cached(model, expected_type=EDITOR_TYPE, device=device)
     if operation == "synthesize":
         array, labels, report = yield from editor.synthesize_job(volume, net, device=device, **options)
@@ -425,10 +431,11 @@ def synthesize_job(
                                    center_mm=center_mm, shape=shape, shape_request=shape_request, texture=texture,
                                    texture_from=texture_from, seed=seed, blend_mm=blend_mm, sequence=sequence,
                                    edema_mm=edema_mm, necrotic_fraction=necrotic_fraction))
-    net = _load(model, device)
-    check_scan(volume, net)
     if not 1 <= int(label_value) <= 255:
         raise InvalidInputError(f"label_value must be 1..255; got {label_value!r}.")
+    check_3d_scan(volume)
+    net = _load(model, device)
+    check_scan(volume, net)
     region, source = yield from _place_job(volume, net, shape, shape_request, center_mm, seed, device)
     features = resolve_texture(net, texture, texture_from, model, device)
     array, report = yield from _edit_job(volume, region, net, features, steps=steps, seed=seed, eta=eta,
@@ -654,6 +661,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_STEPS",
     "EditResult",
+    "check_3d_scan",
     "check_scan",
     "measure_texture",
     "move",

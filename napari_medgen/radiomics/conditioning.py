@@ -123,7 +123,7 @@ def conditioning_features(
     if template is None:
         raise InvalidInputError(
             f"None of the regions {[r.name for r in region_list]} occurs in the label map "
-            f"(labels present: {labels.labels()}); choose the region preset that matches your label convention."
+            f"(labels present: {labels.labels_text()}); choose the region preset that matches your label convention."
         )
     for region in missing:
         out.update({f"{region.name}/{k}": 0.0 for k in template})

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_medgen.errors import ConfigError
+from napari_medgen.radiomics.params_schema import closest
 from napari_medgen.radiomics.settings import RadiomicsSettings
 
 _SECTIONS = ("setting", "imageType", "featureClass", "voxelSetting")
@@ -57,7 +58,24 @@ def params_from_mapping(data: Mapping[str, Any]) -> RadiomicsParams:
     if not isinstance(classes, Mapping):
         raise ConfigError("featureClass must map class names to a list of features (or an empty list for all).")
     wanted = {str(cls): tuple(feats or ()) for cls, feats in classes.items()}
+    _check_feature_names(wanted)
     return RadiomicsParams(settings, tuple(wanted), wanted)
+
+
+def _check_feature_names(wanted: Mapping[str, tuple[str, ...]]) -> None:
+    """Unknown classes or feature names are errors with the closest valid name: ignoring them would compute
+    something other than what the user asked for."""
+    from napari_medgen.radiomics.extractor import FEATURE_CLASSES, feature_names
+
+    for cls, feats in wanted.items():
+        if cls not in FEATURE_CLASSES:
+            raise ConfigError(f"Unknown radiomics feature class {cls!r}{closest(cls, FEATURE_CLASSES)} in "
+                              f"featureClass; classes: {', '.join(FEATURE_CLASSES)}.")
+        valid = [name.split("_", 2)[2] for name in feature_names([cls])]
+        for feat in feats:
+            if not isinstance(feat, str) or feat not in valid:
+                raise ConfigError(f"Unknown {cls} feature {feat!r}{closest(str(feat), valid)} in featureClass; "
+                                  f"{cls} features: {', '.join(valid)}.")
 
 
 def load_params(path: str | Path) -> RadiomicsParams:
@@ -69,6 +87,8 @@ def load_params(path: str | Path) -> RadiomicsParams:
         raise ConfigError(f"Radiomics params file {file} does not exist.")
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file} is not a text file; a radiomics params file is YAML or JSON text.") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{file} is not valid YAML: {error}") from error
     if not isinstance(data, Mapping):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_medgen.core.volume import LabelMap, Volume
+from napari_medgen.core.volume import LabelMap, Volume, describe_labels
 from napari_medgen.errors import InvalidInputError
 from napari_medgen.radiomics.settings import RadiomicsSettings
 
@@ -143,7 +143,7 @@ def prepare(image: Volume, labels: LabelMap, label: int, settings: RadiomicsSett
     if not flat_idx.size:
         present = [int(v) for v in np.unique(label_arr) if v != 0]
         raise InvalidInputError(
-            f"Label {label} is not present in the label map (labels present: {present or 'none, it is empty'}). "
+            f"Label {label} is not present in the label map (labels present: {describe_labels(present)}). "
             "Pass one of the present labels with label=..."
         )
     img_vals = np.asarray(image.array)

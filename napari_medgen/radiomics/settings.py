@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from napari_medgen.errors import ConfigError
+from napari_medgen.radiomics.params_schema import check_settings
 
 _WEIGHTING_NORMS = (None, "no_weighting", "infinity", "euclidean", "manhattan")
 _INTERPOLATORS = ("sitkNearestNeighbor", "sitkLinear", "sitkBSpline", "sitkGaussian", "sitkLabelGaussian",
@@ -65,13 +66,15 @@ class RadiomicsSettings:
 
     @classmethod
     def from_any(cls, settings: RadiomicsSettings | Mapping[str, Any] | None) -> RadiomicsSettings:
-        """Accept an instance, a pyradiomics-style dict (unknown keys kept in ``extra``) or None."""
+        """Accept an instance, a pyradiomics-style dict (checked against pyradiomics' schema; valid keys without an
+        effect on the Original image are kept in ``extra``) or None."""
         if settings is None:
             return cls()
         if isinstance(settings, RadiomicsSettings):
             return settings
         if not isinstance(settings, Mapping):
             raise ConfigError(f"settings must be a RadiomicsSettings or a dict; got {type(settings).__name__}.")
+        check_settings(settings)
         known = {f.name for f in fields(cls)} - {"extra"}
         kwargs: dict[str, Any] = {}
         extra: dict[str, Any] = {}

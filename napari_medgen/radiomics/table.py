@@ -10,14 +10,18 @@ import csv
 import io as _stringio
 import json
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from napari_medgen.core.atomic import atomic_write_text
 from napari_medgen.core.volume import LabelMap, Volume
 from napari_medgen.errors import InvalidInputError
 from napari_medgen.radiomics.conditioning import feature_unit
+from napari_medgen.radiomics.discretisation import TEXTURE_CLASSES, discretisation_warning
 from napari_medgen.radiomics.params import RadiomicsParams
 
 CLASS_ORDER = ("shape", "shape2D", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
@@ -95,4 +99,9 @@ def iter_feature_rows(
         image = read_volume(image_path)
         labels = read_labels(label_path, reference=image)
         features = features_for(image, labels, effective, params)
+        classes = params.feature_classes or TEXTURE_CLASSES
+        if set(classes) & set(TEXTURE_CLASSES):
+            warning = discretisation_warning(image, np.asarray(labels.array) == effective, params.settings)
+            if warning is not None:
+                warnings.warn(f"{case}: {warning}", UserWarning, stacklevel=2)
         yield case_row(case, str(image_path), str(label_path), effective, features)

@@ -110,8 +110,24 @@ class GenerateFromLabelsWidget(JobWidget):
             "correlated (in between)."
         )
         self._seed = SpinBox(value=0, min=0, max=2**31 - 1, label="seed")
+        self._seed.tooltip = "Random seed: same labels, settings and seed give the same image."
+        self._sampler.tooltip = "dpmpp (DPM-Solver++, fast), ddim, or ddpm (the full training schedule, slow)."
+        self._axis.tooltip = "The array axis the 2D model works along: one generated slice per index on it."
+        self._labels.tooltip = "The label map the image follows (a BraTS segmentation, a painted mask...)."
+        self._brain_image: ComboBox = create_widget(
+            annotation="napari.layers.Image", label="brain from image", options={"nullable": True}
+        )
+        self._brain_image.tooltip = ("An image layer on the labels' grid: its voxels above the threshold (and not "
+                                     "already labelled) become the brain class, in a new labels layer.")
+        self._brain_threshold = FloatSlider(value=0.1, min=0.0, max=1.0, step=0.01, label="threshold (fraction)")
+        self._brain_threshold.tooltip = ("Threshold as a fraction of the image's 1st-99th percentile range: 0.1 "
+                                         "keeps everything brighter than the darkest tenth (background).")
+        self._add_brain = PushButton(text="Add brain class from image")
+        self._add_brain.tooltip = "Makes '<labels> + brain' (the labels layer itself is not changed) and selects it."
+        self._add_brain.changed.connect(self._brain_clicked)
         self._generate = PushButton(text="Generate")
-        self.extend([self._labels, self._model, self._classes, self._class_note, self._reference, self._similarity,
+        self.extend([self._labels, self._model, self._classes, self._class_note, self._brain_image,
+                     self._brain_threshold, self._add_brain, self._reference, self._similarity,
                      self._axis, self._steps, self._sampler, self._noise, self._seed,
                      *self.job_controls(self._generate)])
         self._class_note.native.setWordWrap(True)
@@ -163,6 +179,52 @@ class GenerateFromLabelsWidget(JobWidget):
         present = present_classes(layer.data, list(self._class_boxes))
         for value, box in self._class_boxes.items():
             box.value = value in present
+        absent = [box.text for value, box in self._class_boxes.items() if value not in present]
+        self._class_note.value = (
+            f"not in '{layer.name}', so left free for the model to fill in: {', '.join(absent)}. Tick a class to "
+            "constrain it as absent instead." if absent else "")
+        self._class_note.tooltip = self._class_note.value
+
+    def brain_class(self) -> int | None:
+        """The model's class named 'brain' (None when it has none)."""
+        return next((v for v, box in self._class_boxes.items() if box.text.split(": ", 1)[-1] == "brain"), None)
+
+    def add_brain_from_image(self) -> Any:
+        """A new labels layer: the chosen labels plus the brain class wherever the chosen image is above the
+        threshold and no label is drawn. Labels the user drew win; the source layer is left unchanged."""
+        labels_layer, image_layer = self._labels.value, self._brain_image.value
+        value = self.brain_class()
+        if labels_layer is None or image_layer is None:
+            raise InvalidInputError("Choose a labels layer and, under 'brain from image', the scan to threshold.")
+        if value is None:
+            raise InvalidInputError(f"The model {self._model.value!r} has no class named 'brain'.")
+        labels = np.asarray(labels_layer.data)
+        image = np.asarray(image_layer.data, dtype=np.float64)
+        if image.shape != labels.shape:
+            raise InvalidInputError(f"The image {image.shape} and the labels {labels.shape} are not on one grid; "
+                                    "pick the scan the labels were drawn on.")
+        finite = image[np.isfinite(image)]
+        if finite.size == 0:
+            raise InvalidInputError(f"The image '{image_layer.name}' has no finite voxels.")
+        low, high = np.percentile(finite, [1, 99])
+        brain = np.isfinite(image) & (image > low + float(self._brain_threshold.value) * (high - low))
+        combined = labels.copy()
+        combined[(combined == 0) & brain] = value
+        layer = self._viewer.add_labels(combined, name=f"{labels_layer.name} + brain", scale=labels_layer.scale,
+                                        translate=labels_layer.translate, affine=labels_layer.affine,
+                                        metadata=dict(labels_layer.metadata))
+        self.reset_choices()  # a docked widget is refreshed by napari already; a scripted one is not
+        self._labels.value = layer
+        self._apply_class_defaults()
+        return layer
+
+    def _brain_clicked(self) -> None:
+        try:
+            layer = self.add_brain_from_image()
+        except MedGenError as error:
+            self.report(error)
+            return
+        self._status.value = f"added '{layer.name}': brain class {self.brain_class()} from the image threshold"
 
     def _reference_changed(self) -> None:
         self._similarity.enabled = self._reference.value is not None

@@ -32,8 +32,15 @@ class RadiomicsTableWidget(JobWidget):
         super().__init__(viewer)
         self._image: ComboBox = create_widget(annotation="napari.layers.Image", label="image")
         self._labels: ComboBox = create_widget(annotation="napari.layers.Labels", label="labels")
-        self._label_value = SpinBox(value=1, min=1, max=65535, label="label value")
+        self._label_value = SpinBox(value=1, min=0, max=65535, label="label value (0 = all)")
+        self._label_value.tooltip = ("Which label of the labels layer is the region of interest; 0 measures every "
+                                     "non-zero label together (e.g. a whole BraTS tumour).")
+        self._image.tooltip = "The scan whose intensities are measured (shape features use only the labels)."
+        self._labels.tooltip = "The region(s) of interest, on the image's grid."
         self._params = FileEdit(mode="r", filter="*.yaml *.yml", label="params (optional)", value="")
+        self._params.tooltip = ("A pyradiomics params file (setting: binWidth, binCount, label...; featureClass). "
+                                "Empty: pyradiomics defaults (binWidth 25: suits CT in HU and raw MR; a warning "
+                                "says when a normalised scan needs another).")
         self._compute = PushButton(text="Compute features")
         self._export_path = FileEdit(mode="w", filter="*.csv", label="export to", value="")
         self._export = PushButton(text="Export CSV", enabled=False)
@@ -76,7 +83,13 @@ class RadiomicsTableWidget(JobWidget):
         return extract_features_job, self._inputs(), {}, self._show
 
     def _start(self) -> None:
+        self._clear()  # an error must not leave the previous region's numbers looking current
         self.start_job(self._job, status="computing...")
+
+    def _clear(self) -> None:
+        self.features = {}
+        self.table.value = {"data": [], "index": [], "columns": list(_COLUMNS)}
+        self._export.enabled = False
 
     def _show(self, result: RadiomicsResult) -> None:
         from napari_medgen.radiomics.table import group_by_class
@@ -90,7 +103,13 @@ class RadiomicsTableWidget(JobWidget):
         self.table.value = {"data": rows, "index": list(range(len(rows))), "columns": list(_COLUMNS)}
         self.table.native.resizeColumnsToContents()
         self._export.enabled = True
-        self._status.value = f"{len(rows)} features of label {result.report.get('label')}"
+        which = result.report.get("label")
+        status = f"{len(rows)} features of {'all labels' if which == 'all' else f'label {which}'}"
+        warnings = result.report.get("warnings") or []
+        if warnings:
+            status += " -- warning: " + " ".join(warnings)
+        self._status.value = status
+        self._status.tooltip = status
 
     # ---- export --------------------------------------------------------------------------------------
     def export_csv(self, path: str | Path) -> Path:

@@ -172,7 +172,9 @@ class TumourShapeWidget(JobWidget):
         centre = point_to_physical(self._points.value)
         seed = int(self._seed.value)
         options = {"spacing": reference.spacing, "seed": seed, "model": self._model.value}
-        return shape_at_point_job, (reference, centre, self.request()), options, partial(self._add_layer, seed=seed)
+        request = self.request()
+        return shape_at_point_job, (reference, centre, request), options, partial(self._add_layer, seed=seed,
+                                                                                   request=request)
 
     def generate(self) -> LabelMap:
         """Synchronous generation on the image grid (scripts and tests); the dock uses the worker path."""
@@ -184,12 +186,17 @@ class TumourShapeWidget(JobWidget):
     def _start(self) -> None:
         self.start_job(self.job_arguments)
 
-    def _add_layer(self, labels: LabelMap, seed: int | None = None) -> None:
-        """Add ``labels`` as a new layer named by ``seed`` (default: the seed box; the run passes its own)."""
+    def _add_layer(self, labels: LabelMap, seed: int | None = None, request: dict[str, float] | None = None) -> None:
+        """Add ``labels`` as a new layer named by ``seed`` (default: the seed box; the run passes its own). Its
+        metadata ``medgen_shape`` (model, request, measured volume) tells the Tumour synthesis widget to take it
+        as the shape of the next synthesis."""
         from napari_medgen.layers import volume_to_layer_data
 
         name = f"tumour shape (seed {int(self._seed.value) if seed is None else seed})"
         data, kwargs, _ = volume_to_layer_data(labels, name)
+        kwargs["metadata"] = {**kwargs.get("metadata", {}), "medgen_shape": {
+            "model": str(self._model.value), "request": dict(request or {}),
+            "VoxelVolume": float((np.asarray(labels.array) > 0).sum() * np.prod(labels.spacing))}}
         self.last_layer = self._viewer.add_labels(data, **kwargs)
         volume = float((labels.array > 0).sum() * np.prod(labels.spacing))
         self._status.value = f"added '{name}': {volume:.0f} mm3"

@@ -284,7 +284,8 @@ class TumourSynthesisWidget(JobWidget):
     def reset_choices(self, *args: Any) -> None:
         """napari calls this when layers change: besides refreshing the drop-downs, an empty 'location (points)'
         or 'tumour labels' picks up a points / labels layer it has not offered before (the newest), so the flow
-        point -> shape -> synthesize -> remove needs no re-selection; a choice the user made is kept."""
+        point -> shape -> synthesize -> remove needs no re-selection; a choice the user made is kept. A shape made
+        by the Tumour shape widget (``medgen_shape`` metadata) is selected and becomes the 'shape from' source."""
         super().reset_choices(*args)
         for box in (self._points, self._labels):
             candidates = [c for c in box.choices if c is not None]
@@ -292,6 +293,11 @@ class TumourSynthesisWidget(JobWidget):
             self._offered.update(id(c) for c in candidates)
             if box.value is None and fresh:
                 box.value = fresh[-1]
+            if box is self._labels and fresh and "medgen_shape" in getattr(fresh[-1], "metadata", {}):
+                # a shape just made in the Tumour shape widget: it is the shape of the next synthesis
+                box.value = fresh[-1]
+                self._shape_from.value = SHAPE_FROM_LABELS
+                self._label.value = 0
 
     # ---- controls ------------------------------------------------------------------------------------
     def _model_changed(self, *_: Any) -> None:

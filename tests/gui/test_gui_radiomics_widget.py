@@ -60,3 +60,30 @@ def test_widget_reports_absent_label_without_crashing(viewer_with_phantom, qtbot
     qtbot.waitUntil(lambda: widget._status.value.startswith("error"), timeout=60000)
     assert "9" in widget._status.value
     assert widget.features == {}
+
+
+def test_zscored_scan_warns_all_labels_and_error_clears_table(make_napari_viewer, qtbot) -> None:
+    import numpy as np
+
+    from napari_medgen.widgets.radiomics_table import RadiomicsTableWidget
+
+    viewer = make_napari_viewer()
+    image, labels = make_phantom(shape=(24, 32, 32), spacing=(1.0, 1.0, 1.0), seed=5)
+    arr = np.asarray(image.array, dtype=np.float64)
+    zscored = image.with_array(((arr - arr.mean()) / arr.std()).astype(np.float32))
+    two = labels.as_labels(np.where(np.asarray(labels.array) > 0, 1, 0).astype(np.uint8))
+    two_arr = np.asarray(two.array).copy()
+    two_arr[:, :, :16][two_arr[:, :, :16] == 1] = 2  # split the tumour into labels 1 and 2
+    two = two.as_labels(two_arr)
+    for data, kwargs, kind in (volume_to_layer_data(zscored, "z"), volume_to_layer_data(two, "tumour")):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget = RadiomicsTableWidget(viewer)
+    widget._label_value.value = 0  # all labels
+    widget._compute.clicked.emit()
+    qtbot.waitUntil(lambda: bool(widget.features), timeout=60000)
+    assert "all labels" in widget._status.value and "grey level" in widget._status.value
+    assert widget.features["original_shape_VoxelVolume"] == pytest.approx(float((two_arr > 0).sum()))
+    widget._label_value.value = 9  # absent: the old table must not stay on screen
+    widget._compute.clicked.emit()
+    qtbot.waitUntil(lambda: widget._status.value.startswith("error"), timeout=60000)
+    assert widget.features == {} and widget.table.value["data"] == []

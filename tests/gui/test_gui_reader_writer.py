@@ -145,3 +145,20 @@ def test_label_map_opens_as_labels_by_content_with_a_notification(make_napari_vi
     np.testing.assert_array_equal(labels.data, data)
     assert len(said) == 1 and "opened as labels: integer values 0-4" in said[0]
     assert [str(unit) for unit in viewer.layers.units] == ["millimeter"] * 3  # the scale bar reads mm
+
+
+def test_png_slices_open_image_and_mask_as_labels(make_napari_viewer, tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    scan = (rng.uniform(0, 255, (40, 50))).astype(np.uint8)
+    mask = np.zeros((40, 50), np.uint8)
+    mask[10:20, 15:30] = 255
+    Image.fromarray(scan).save(tmp_path / "case 1.png")
+    Image.fromarray(mask).save(tmp_path / "case 1_mask.png")
+    viewer = make_napari_viewer()
+    viewer.open([str(tmp_path / "case 1.png"), str(tmp_path / "case 1_mask.png")], plugin=PLUGIN)
+    kinds = {layer.name: type(layer).__name__ for layer in viewer.layers}
+    assert kinds == {"case 1": "Image", "case 1_mask": "Labels"}
+    np.testing.assert_array_equal(np.squeeze(viewer.layers["case 1"].data), scan)
+    assert set(np.unique(viewer.layers["case 1_mask"].data)) == {0, 255}

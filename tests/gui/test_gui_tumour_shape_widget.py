@@ -104,3 +104,23 @@ def test_brain_model_is_the_default_with_a_necrotic_core_control(viewer_with_pha
     widget._model.value = "shape-gan-lesion"
     assert not widget._necrotic_use.enabled and not widget._necrotic_use.value
     assert "necrotic_core/VoxelVolume" not in widget.request()
+
+
+def test_generated_shape_becomes_the_synthesis_shape(viewer_with_phantom_and_point, qtbot) -> None:
+    from napari_medgen.widgets.tumour_shape import TumourShapeWidget
+    from napari_medgen.widgets.tumour_synthesis import SHAPE_FROM_LABELS, SHAPE_FROM_SLIDERS, TumourSynthesisWidget
+
+    viewer, image_layer, points, _ = viewer_with_phantom_and_point
+    synth = TumourSynthesisWidget(viewer)
+    viewer.window.add_dock_widget(synth, name="Tumour synthesis")
+    assert synth._shape_from.value == SHAPE_FROM_SLIDERS and synth._points.value is points
+    shape = TumourShapeWidget(viewer)
+    viewer.window.add_dock_widget(shape, name="Tumour shape")
+    shape._generate.clicked.emit()
+    qtbot.waitUntil(lambda: shape.last_layer is not None or shape._status.value.startswith("error"),
+                    timeout=120000)
+    assert shape.last_layer is not None, shape._status.value
+    assert shape.last_layer.metadata["medgen_shape"]["VoxelVolume"] > 0
+    # the synthesis widget took the new shape with no re-selection
+    assert synth._labels.value is shape.last_layer
+    assert synth._shape_from.value == SHAPE_FROM_LABELS and synth._image.value is image_layer

@@ -270,3 +270,29 @@ def test_sampler_choices_match_the_pipeline() -> None:
 
     assert sorted(generate_from_labels.SAMPLER_CHOICES) == sorted(SAMPLERS)
     assert sorted(paired_generation.SAMPLER_CHOICES) == sorted(SAMPLERS)
+
+
+def test_absent_classes_are_named_and_brain_class_comes_from_an_image(make_napari_viewer) -> None:
+    from napari_medgen.widgets.generate_from_labels import GenerateFromLabelsWidget
+
+    viewer = make_napari_viewer()
+    tumour = np.zeros((6, 20, 20), np.uint8)
+    tumour[2:4, 8:12, 8:12] = 4
+    tumour[3, 9:11, 9:11] = 1
+    layer = viewer.add_labels(tumour, name="tumour", scale=SCALE, translate=TRANSLATE)
+    scan = np.zeros((6, 20, 20), np.float32)
+    scan[:, 3:17, 3:17] = 100.0  # the head; outside it is background
+    image = viewer.add_image(scan, name="scan", scale=SCALE, translate=TRANSLATE)
+    widget = GenerateFromLabelsWidget(viewer, model="seg2img-brain")
+    widget._labels.value = layer
+    note = widget._class_note.value
+    assert "left free" in note and "5: brain" in note and "2: edema" in note and "4: enhancing" not in note
+    widget._brain_image.value = image
+    widget._add_brain.clicked.emit()
+    added = viewer.layers["tumour + brain"]
+    assert widget._labels.value is added and widget._class_boxes[5].value
+    expected = tumour.copy()
+    expected[(tumour == 0) & (scan > 0)] = 5
+    np.testing.assert_array_equal(added.data, expected)
+    np.testing.assert_array_equal(layer.data, tumour)  # the source layer is unchanged
+    assert "5: brain" not in widget._class_note.value

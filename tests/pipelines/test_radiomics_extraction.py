@@ -41,7 +41,7 @@ def test_values_equal_features_for(phantom) -> None:
     assert isinstance(result, RadiomicsResult)
     _same(result.features, features_for(image, labels, 1, params))
     assert result.report == {"label": 1, "feature_classes": list(DEFAULT_CLASSES),
-                             "n_features": len(result.features)}
+                             "n_features": len(result.features), "warnings": []}
 
 
 def test_params_with_chosen_features_and_settings_as_params(phantom) -> None:
@@ -133,3 +133,45 @@ def test_feature_rows_job_cancels_between_cases(tmp_path: Path) -> None:
     token = CancelToken()
     with pytest.raises(CancelledError):
         run_job(feature_rows_job(pairs, 1, None), lambda event: token.cancel(), token)
+
+
+def test_discretisation_warning_on_normalised_scan_and_not_on_raw() -> None:
+    import numpy as np
+
+    from napari_medgen.core.volume import LabelMap, Volume
+    from napari_medgen.pipelines.radiomics_extraction import extract_features
+
+    rng = np.random.default_rng(0)
+    raw = rng.normal(400, 60, (16, 16, 16)).astype(np.float32)
+    mask = np.zeros((16, 16, 16), np.uint8)
+    mask[4:12, 4:12, 4:12] = 1
+    labels = LabelMap(mask)
+    quiet = extract_features(Volume(raw), labels, 1, {"binWidth": 25})
+    assert quiet.report["warnings"] == []
+    z = extract_features(Volume((raw - 400) / 60), labels, 1)
+    [warning] = z.report["warnings"]
+    assert "grey level(s) occupied with binWidth 25" in warning and "binWidth to about" in warning
+    assert extract_features(Volume((raw - 400) / 60), labels, 1, {"binCount": 32}).report["warnings"] == []
+    shape_only = extract_features(Volume((raw - 400) / 60), labels, 1, _shape_and_firstorder())
+    assert shape_only.report["warnings"] == []
+
+
+def _shape_and_firstorder():  # noqa: ANN202
+    from napari_medgen.radiomics.params import params_from_mapping
+
+    return params_from_mapping({"featureClass": {"shape": [], "firstorder": []}})
+
+
+def test_label_zero_measures_all_labels_together() -> None:
+    import numpy as np
+
+    from napari_medgen.core.volume import LabelMap, Volume
+    from napari_medgen.pipelines.radiomics_extraction import extract_features
+
+    arr = np.zeros((10, 10, 10), np.uint8)
+    arr[2:5, 2:8, 2:8] = 1
+    arr[5:8, 2:8, 2:8] = 4
+    image = Volume(np.random.default_rng(1).normal(size=(10, 10, 10)).astype(np.float32))
+    together = extract_features(image, LabelMap(arr), 0, _shape_and_firstorder())
+    assert together.report["label"] == "all"
+    assert together.features["original_shape_VoxelVolume"] == pytest.approx(216.0)

@@ -320,7 +320,7 @@ BAD: dict[str, tuple[Callable[..., Any], type[Exception], str]] = {
                                                        model=m, **FAST),
                   InvalidInputError, "only 8 voxels"),
     "label value absent": (lambda im, lab, m, ob: ts.remove(im, lab, label=3, model=m, **FAST),
-                           InvalidInputError, r"Label 3 does not occur.*\[1, 2\]"),
+                           InvalidInputError, r"Label 3 does not occur.*present: 1, 2\)"),
     "anisotropic scan": (lambda im, lab, m, ob: ts.remove(*_regridded(im, lab, spacing=(1.0, 1.0, 3.0)), model=m,
                                                           **FAST),
                          GeometryMismatchError,

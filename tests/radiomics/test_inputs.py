@@ -24,7 +24,7 @@ def test_empty_and_absent_label() -> None:
     m = np.zeros((6, 6, 6))
     m[2:4, 2:4, 2:4] = 1
     image, labels = _pair(m)
-    with pytest.raises(InvalidInputError, match="labels present: \\[1\\]"):
+    with pytest.raises(InvalidInputError, match="labels present: 1\\)"):
         extract_features(image, labels, label=3)
 
 
