@@ -237,8 +237,9 @@ def test_event_loop_is_never_blocked_during_a_run(make_napari_viewer, qtbot, tin
     """A QTimer ticks every 20 ms from the click until the job has returned; no gap may reach 200 ms.
 
     The window ends when the result arrives: adding the two layers afterwards is napari's own main-thread
-    work (a new Labels layer builds its vispy overlays, 0.1-0.8 s here), which no widget can move off the
-    event loop.
+    work (a new Labels layer builds its vispy overlays, 0.1-0.5 s here), which no widget can move off the
+    event loop. What napari would import there for a first Labels layer (pandas, skimage.color: 0.6-0.8 s) is
+    imported in the worker beforehand: `test_first_labels_layer_imports_happen_in_the_worker`.
     """
     from qtpy.QtCore import QTimer
 
@@ -480,3 +481,28 @@ def test_new_points_and_labels_layers_are_preselected_once(make_napari_viewer, t
     assert widget._labels.value is None
     newer = viewer.add_labels(np.zeros((8, 8, 8), np.uint8), name="another shape")
     assert widget._labels.value is newer
+
+
+def test_first_labels_layer_imports_happen_in_the_worker(make_napari_viewer, qtbot, tiny_bridge,
+                                                         brain_phantom) -> None:
+    import sys
+
+    from napari_medgen.widgets import job_widget
+
+    image, _ = brain_phantom
+    viewer = make_napari_viewer()
+    image_layer = _add(viewer, image, "scan")
+    points = viewer.add_points([image_layer.data_to_world([24.0, 30.0, 16.0])], name="location")
+    widget = _widget(viewer, tiny_bridge, image_layer, points=points, steps=2)
+    seen: dict[str, bool] = {}
+    add_layers = widget._add_layers
+
+    def check_then_add(result, **context) -> None:
+        seen.update({name: name in sys.modules for name in ("pandas", "skimage.color")})
+        add_layers(result, **context)
+
+    widget._add_layers = check_then_add
+    widget._buttons["synthesize"].clicked.emit()
+    qtbot.waitUntil(lambda: not widget.running, timeout=180000)
+    assert widget.last_layers is not None, widget._status.value
+    assert seen == {"pandas": True, "skimage.color": True} and job_widget._LAYER_MODULES_WARM
