@@ -197,7 +197,65 @@ def tumour_synthesis_screenshot(out: Path, data_dir: Path) -> Path:
     return _save_shot(viewer, labels, out, (1500, 1000))
 
 
+def _wait(widget, what: str) -> None:  # noqa: ANN001
+    import time
+
+    deadline = time.monotonic() + 900
+    while widget.running and time.monotonic() < deadline:
+        _process_events(5)
+        time.sleep(0.2)
+    _process_events(10)
+    if "error" in str(widget._status.value):
+        raise RuntimeError(f"{what} failed: {widget._status.value}")
+
+
+def walkthrough_screenshots(out: Path, data_dir: Path) -> Path:
+    """The whole flow on the MNI152 brain with no re-selection: a point, Tumour shape (the two-region model), Tumour
+    synthesis (which takes the new shape by itself), then Remove on the synthesized scan; saves the synthesis step
+    (``walkthrough_synthesis.png``) and a side-by-side grid (source, synthesized, removed: ``out``)."""
+    import napari
+
+    from napari_medgen.demo import DEMO_SHAPE_CENTER_MM
+    from napari_medgen.widgets.tumour_shape import TumourShapeWidget
+    from napari_medgen.widgets.tumour_synthesis import TumourSynthesisWidget
+
+    viewer = napari.Viewer(show=True, title="napari-medgen: point -> shape -> synthesize -> remove")
+    viewer.window._qt_window.resize(1600, 1000)
+    [brain] = viewer.open_sample("napari-medgen", "mni152")
+    viewer.add_points([DEMO_SHAPE_CENTER_MM[::-1]], name="tumour location", size=4, face_color="red",
+                      units=("mm", "mm", "mm"))
+    synth = TumourSynthesisWidget(viewer)
+    shape = TumourShapeWidget(viewer)
+    viewer.window.add_dock_widget(shape, name="Tumour shape", area="right")
+    viewer.window.add_dock_widget(synth, name="Tumour synthesis", area="right", tabify=True)
+    shape._generate.clicked.emit()
+    _wait(shape, "tumour shape")
+    synth.start("synthesize")  # image, point and the new shape are already selected
+    _wait(synth, "synthesis")
+    image, labels = synth.last_layers
+    labels.contour = 1
+    viewer.dims.set_point(0, labels.data_to_world(np.argwhere(labels.data > 0).mean(axis=0))[0])
+    viewer.layers.selection = {image}
+    _process_events(20)
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    from PIL import Image
+
+    Image.fromarray(np.asarray(shot)).save(out.with_name("walkthrough_synthesis.png"))
+    synth._image.value, synth._labels.value, synth._label.value = image, labels, 0
+    synth.start("remove")
+    _wait(synth, "removal")
+    removed, _ = synth.last_layers
+    for layer in list(viewer.layers):
+        layer.visible = layer in (brain, image, removed)
+    for layer in (brain, image, removed):
+        layer.contrast_limits = brain.contrast_limits
+    viewer.grid.enabled, viewer.grid.shape = True, (1, 3)
+    viewer.reset_view()
+    return _grab(viewer, out)
+
+
 SCREENSHOTS = {
+    "walkthrough_grid.png": walkthrough_screenshots,
     "napari_reader.png": reader_screenshot,
     "radiomics_widget.png": radiomics_widget_screenshot,
     "tumour_shape_widget.png": tumour_shape_widget_screenshot,

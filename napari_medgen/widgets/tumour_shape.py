@@ -59,6 +59,20 @@ NECROTIC_REGION = "necrotic_core"
 NECROTIC_PERCENT = (1.0, 60.0, 20.0)
 
 
+#: pyradiomics shape feature -> (plain label with unit, display scale, what it means); the pyradiomics name goes
+#: into the tooltip. Volumes are shown in cm3 (what clinicians quote) and sent in mm3.
+PLAIN_NAMES: dict[str, tuple[str, float, str]] = {
+    "VoxelVolume": ("volume (cm3)", 1e-3, "Tumour volume counted in voxels, in cm3."),
+    "MeshVolume": ("mesh volume (cm3)", 1e-3, "Volume inside the tumour's surface mesh, in cm3."),
+    "SurfaceArea": ("surface area (cm2)", 1e-2, "Area of the tumour's surface, in cm2."),
+    "Sphericity": ("roundness (sphericity)", 1.0, "How round: 1 = a perfect sphere, lower = more irregular."),
+    "Elongation": ("elongation", 1.0, "Second / first principal axis: 1 = not elongated, lower = cigar-like."),
+    "Flatness": ("flatness", 1.0, "Third / first principal axis: 1 = not flat, lower = pancake-like."),
+    "Maximum3DDiameter": ("longest diameter (mm)", 1.0, "The largest distance between two surface points, in mm."),
+    "MajorAxisLength": ("major axis (mm)", 1.0, "Length of the longest principal axis, in mm."),
+}
+
+
 def inner_regions(model: str) -> list[str]:
     """The inner regions of a shape model (config.json; empty for one-region models)."""
     from napari_medgen.hub import read_checkpoint_config
@@ -87,10 +101,15 @@ class TumourShapeWidget(JobWidget):
         self._controls: dict[str, tuple[CheckBox, FloatSlider]] = {}
         rows: list[Any] = [self._model, self._image, self._points]
         for control in shape_controls(self._model.value):
-            use = CheckBox(value=control.name in ("VoxelVolume", "Sphericity"), text=f"set {control.name}")
-            unit = f" ({control.unit})" if control.unit else ""
-            slider = FloatSlider(value=control.default, min=control.min, max=control.max,
-                                 label=f"{control.name}{unit}", step=(control.max - control.min) / 200)
+            label, scale, meaning = PLAIN_NAMES.get(control.name, (control.name, 1.0, ""))
+            use = CheckBox(value=control.name in ("VoxelVolume", "Sphericity"), text=f"set {label.split(' (')[0]}")
+            low, high, default = (v * scale for v in (control.min, control.max, control.default))
+            slider = FloatSlider(value=default, min=low, max=high, label=label, step=(high - low) / 200)
+            tip = (f"{meaning} pyradiomics name: {control.name}"
+                   f"{f' (sent in {control.unit})' if control.unit else ''}; range: the shape model's training "
+                   "tumours (1st-99th percentile).").strip()
+            use.tooltip = f"Ticked: ask for this value; unticked: the model decides. {tip}"
+            slider.tooltip = tip
             self._controls[control.name] = (use, slider)
             rows.extend([use, slider])
         low, high, default = NECROTIC_PERCENT
@@ -104,7 +123,9 @@ class TumourShapeWidget(JobWidget):
         self._necrotic_use.changed.connect(lambda value: setattr(self._necrotic, "enabled", bool(value)))
         rows.extend([self._necrotic_use, self._necrotic])
         self._seed = SpinBox(value=0, min=0, max=2**31 - 1, label="seed")
+        self._seed.tooltip = "Random seed: same request and seed, same shape."
         self._generate = PushButton(text="Generate tumour mask")
+        self._generate.tooltip = "Adds a new labels layer on the image's grid, centred on the last point."
         rows.extend([self._seed, *self.job_controls(self._generate)])
         self.extend(rows)
         self._generate.changed.connect(self._start)
@@ -141,20 +162,26 @@ class TumourShapeWidget(JobWidget):
             if control is None:
                 use.value = False
                 continue
+            scale = PLAIN_NAMES.get(name, (name, 1.0, ""))[1]
+            low, high, default = (v * scale for v in (control.min, control.max, control.default))
             # widen first so that neither bound is ever set across the current value
-            slider.min = min(slider.min, control.min)
-            slider.max = max(slider.max, control.max)
-            slider.value = control.default
-            slider.min, slider.max = control.min, control.max
-            slider.step = (control.max - control.min) / 200
+            slider.min = min(slider.min, low)
+            slider.max = max(slider.max, high)
+            slider.value = default
+            slider.min, slider.max = low, high
+            slider.step = (high - low) / 200
         self._status.value = f"model {self._model.value}: slider ranges from its training data"
+
+    def value_of(self, name: str) -> float:
+        """A slider's value in pyradiomics units (volumes shown in cm3 are sent in mm3)."""
+        return float(self._controls[name][1].value) / PLAIN_NAMES.get(name, (name, 1.0, ""))[1]
 
     def request(self) -> dict[str, float]:
         """The features whose checkbox is ticked, in real units; with the necrotic-core control ticked also the
         volume and ``necrotic_core/VoxelVolume`` (that % of it)."""
-        request = {name: float(slider.value) for name, (use, slider) in self._controls.items() if use.value}
+        request = {name: self.value_of(name) for name, (use, _) in self._controls.items() if use.value}
         if self._necrotic_use.value and self._necrotic_use.enabled and "VoxelVolume" in self._controls:
-            volume = float(self._controls["VoxelVolume"][1].value)
+            volume = self.value_of("VoxelVolume")
             request["VoxelVolume"] = volume
             request[f"{NECROTIC_REGION}/VoxelVolume"] = volume * float(self._necrotic.value) / 100.0
         return request

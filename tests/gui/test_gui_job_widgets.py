@@ -57,7 +57,7 @@ def _shape(viewer, request):
     viewer.add_points([layer.data_to_world(np.array([12.0, 20.0, 20.0]))], name="location")
     widget = TumourShapeWidget(viewer)
     use, slider = widget._controls["VoxelVolume"]
-    use.value, slider.value = True, min(max(2000.0, slider.min), slider.max)
+    use.value, slider.value = True, min(max(2.0, slider.min), slider.max)  # cm3
     return widget
 
 

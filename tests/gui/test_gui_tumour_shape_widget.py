@@ -32,7 +32,7 @@ def test_generate_adds_aligned_labels_layer(viewer_with_phantom_and_point, qtbot
     viewer.window.add_dock_widget(widget, name="Tumour shape")
     use, slider = widget._controls["VoxelVolume"]
     use.value = True
-    slider.value = min(max(6000.0, slider.min), slider.max)
+    slider.value = min(max(6.0, slider.min), slider.max)  # cm3
     widget._controls["Sphericity"][0].value = False
     n_layers = len(viewer.layers)
     widget._generate.clicked.emit()
@@ -44,7 +44,7 @@ def test_generate_adds_aligned_labels_layer(viewer_with_phantom_and_point, qtbot
     mask = labels_layer_to_labelmap(widget.last_layer, image)  # raises if not on the image grid
     assert mask.array[tuple(centre_index.astype(int))] > 0
     volume = (mask.array > 0).sum() * np.prod(mask.spacing)
-    assert volume == pytest.approx(slider.value, rel=0.3)
+    assert volume == pytest.approx(slider.value * 1000.0, rel=0.3)
 
 
 def test_empty_points_layer_reports_error_and_adds_nothing(viewer_with_phantom_and_point, qtbot) -> None:
@@ -70,12 +70,14 @@ def test_changing_the_model_rescales_the_sliders(make_napari_viewer) -> None:
     assert widget._necrotic_use.enabled
     brats = {c.name: c for c in shape_controls("shape-gan-brats")}
     use, slider = widget._controls["VoxelVolume"]
-    assert (slider.min, slider.max) == pytest.approx((brats["VoxelVolume"].min, brats["VoxelVolume"].max), rel=1e-6)
-    assert slider.value == pytest.approx(brats["VoxelVolume"].default, rel=1e-6)
+    assert (slider.min, slider.max) == pytest.approx((brats["VoxelVolume"].min / 1000, brats["VoxelVolume"].max / 1000),
+                                                     rel=1e-6)  # shown in cm3
+    assert slider.value == pytest.approx(brats["VoxelVolume"].default / 1000, rel=1e-6)
+    assert slider.label == "volume (cm3)" and "VoxelVolume" in slider.tooltip
     assert "shape-gan-brats" in widget._status.value
     widget._model.value = "/no/such/model"
     assert widget._status.value.startswith("model:")  # a clear message, sliders left as they were
-    assert slider.max == pytest.approx(brats["VoxelVolume"].max, rel=1e-6)
+    assert slider.max == pytest.approx(brats["VoxelVolume"].max / 1000, rel=1e-6)
 
 
 def test_brain_model_is_the_default_with_a_necrotic_core_control(viewer_with_phantom_and_point, qtbot) -> None:
@@ -88,7 +90,7 @@ def test_brain_model_is_the_default_with_a_necrotic_core_control(viewer_with_pha
     assert widget._model.value == SHAPE_MODEL == "shape-gan-brats"
     assert widget._necrotic_use.enabled and not widget._necrotic.enabled and widget._necrotic.tooltip
     use, slider = widget._controls["VoxelVolume"]
-    use.value, slider.value = False, 8000.0
+    use.value, slider.value = False, 8.0  # cm3
     widget._necrotic_use.value = True
     assert widget._necrotic.enabled
     widget._necrotic.value = 25.0
