@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medgen.core.progress import Job
+from napari_medgen.core.progress import Job, ProgressEvent
 from napari_medgen.core.volume import LabelMap, Volume
 
 
@@ -195,7 +195,7 @@ def paint_job(volume: Volume, labels: np.ndarray, stats: dict[str, Any], *, back
     from napari_medgen.models.tumour_appearance import paint
     from napari_medgen.pipelines.tumour_removal import to_scan_dtype
 
-    yield from ()
+    yield ProgressEvent(0, 1, "painting tumour", "sub-region textures")
     region = labels > 0
     spacing = tuple(float(s) for s in volume.spacing_zyx)
     base = volume if background is None else volume.with_array(background)
@@ -208,6 +208,7 @@ def paint_job(volume: Volume, labels: np.ndarray, stats: dict[str, Any], *, back
               (("necrotic_core", NECROTIC), ("edema", EDEMA), ("enhancing_tumour", ENHANCING))}
     report = {"subregion_voxels": counts, "normalisation": {"low": float(low), "high": float(high)},
               "blend_mm": float(blend_mm), "seed": int(seed)}
+    yield ProgressEvent(1, 1, "painting tumour", "done")
     return out, report
 
 
@@ -255,6 +256,7 @@ def synthesize_job(volume: Volume, net: Any, *, center_mm: Any, shape: LabelMap 
     """A glioma with sub-regions at ``center_mm`` (or in ``shape``): (array, BraTS labels, report)."""
     spacing = tuple(float(s) for s in volume.spacing_zyx)
     raw, source = yield from place_labels_job(volume, shape, shape_request, center_mm, seed, device)
+    yield ProgressEvent(0, 1, "sub-regions", "necrotic core, enhancing rim and edema")
     labels = brats_labels(raw, spacing, necrotic_fraction)
     _, _, _, brain = normalised(volume, labels > 0)
     labels = with_edema(labels, spacing, brain, edema_mm, np.random.default_rng([int(seed), 0xED]))

@@ -390,7 +390,9 @@ def _editor(operation: str, volume: Volume, model: str | Path, device: Any, *, s
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise InvalidInputError(f"seed must be 0 or a positive integer; got {seed!r}.")
     check_3d_scan(volume)
+    yield ProgressEvent(0, 1, "loading model", str(model))
     net = load_cached(model, expected_type=EDITOR_TYPE, device=device)
+    yield ProgressEvent(1, 1, "loading model", "done")
     if operation == "synthesize":
         array, labels, report = yield from editor.synthesize_job(volume, net, device=device, **options)
     else:

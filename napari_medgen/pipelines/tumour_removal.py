@@ -105,6 +105,7 @@ def inpaint_job(
     if method == "model":
         from napari_medgen.hub import load_cached
 
+        yield ProgressEvent(0, 1, "loading model", str(model))
         net = load_cached(model, expected_type="inpainter", device=device)
     yield ProgressEvent(0, _STAGES, "removing tumour", "classical estimates")
     arr = np.asarray(volume.array)

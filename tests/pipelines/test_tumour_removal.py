@@ -75,7 +75,8 @@ def test_a_region_given_as_an_array_and_the_job_events(scan, tiny_inpainter: Pat
     volume, labels = scan
     events: list = []
     result = run_job(inpaint_job(volume, np.asarray(labels.array) > 0, model=tiny_inpainter), events.append)
-    assert [e.step for e in events] == [0, 1, 2, 3] and result.report["region_voxels"] > 0
+    assert [(e.stage, e.step) for e in events] == [("loading model", 0), *[("removing tumour", s) for s in range(4)]]
+    assert result.report["region_voxels"] > 0
     token = CancelToken()
     with pytest.raises(CancelledError):
         run_job(inpaint_job(volume, labels, model=tiny_inpainter), lambda e: token.cancel(), token)
