@@ -22,8 +22,9 @@ for _name in COMMAND_MODULES:
 
 __all__ = ["COMMAND_MODULES", "Terminated", "app", "console", "main", "run_with_progress"]
 
-#: exit code after SIGTERM (128 + 15, what shells report for a process killed by it)
+#: exit codes after SIGTERM and SIGINT (128 + signal number, what shells report for a process killed by it)
 SIGTERM_EXIT_CODE = 143
+SIGINT_EXIT_CODE = 130
 
 
 class Terminated(BaseException):
@@ -46,6 +47,19 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False)
 
 
+_INTERRUPTED: list[bool] = []
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    _INTERRUPTED.append(True)
+    raise KeyboardInterrupt
+
+
+def _say_interrupted() -> None:
+    console.print("[bold red]error:[/bold red] interrupted (Ctrl-C / SIGINT); files being written were removed, no "
+                  "partial output is left.", soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point. SIGTERM takes the same cleanup path as Ctrl-C and ends with exit code 143 and a
     one-line message; warnings print as one line."""
@@ -54,9 +68,17 @@ def main() -> None:
     warnings.showwarning = _one_line_warning
     if hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         app()
     except Terminated:
         console.print("[bold red]error:[/bold red] terminated (SIGTERM); files being written were removed, no "
                       "partial output is left.", soft_wrap=True)
         sys.exit(SIGTERM_EXIT_CODE)
+    except KeyboardInterrupt:  # typer turns Ctrl-C into a silent exit 130; this is the path when it does not
+        _say_interrupted()
+        sys.exit(SIGINT_EXIT_CODE)
+    except SystemExit as done:
+        if done.code == SIGINT_EXIT_CODE and _INTERRUPTED:
+            _say_interrupted()
+        raise

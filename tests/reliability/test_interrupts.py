@@ -1,5 +1,5 @@
-"""Interrupts: SIGTERM mid-write (what `kill` and schedulers send) takes the same cleanup path as Ctrl-C: the
-process exits with code 143 and a one-line message, leaving no staging folder and no partial output."""
+"""Interrupts: SIGTERM (what `kill` and schedulers send) and SIGINT (Ctrl-C) mid-write take one cleanup path: the
+process exits with code 143 / 130 and a one-line message, leaving no staging folder and no partial output."""
 
 from __future__ import annotations
 
@@ -23,7 +23,11 @@ def _staging(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.name.endswith(TMP_SUFFIX)]
 
 
-def test_sigterm_during_convert_leaves_nothing_behind(tmp_path: Path) -> None:
+SIGNALS = [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "interrupted")]
+
+
+@pytest.mark.parametrize(("signum", "code", "word"), SIGNALS)
+def test_signal_during_convert_leaves_nothing_behind(tmp_path: Path, signum: int, code: int, word: str) -> None:
     rng = np.random.default_rng(0)
     src = tmp_path / "big.nrrd"  # uncompressed: fast to read; the gzip of the output is the slow part
     sitk.WriteImage(sitk.GetImageFromArray(rng.random((192, 256, 256), dtype=np.float32)), str(src))
@@ -39,14 +43,54 @@ def test_sigterm_during_convert_leaves_nothing_behind(tmp_path: Path) -> None:
             time.sleep(0.01)
         if proc.poll() is not None or not _staging(out_dir):
             pytest.fail(f"no staging folder appeared before the write ended: {proc.communicate()}")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 143, err
-    assert "SIGTERM" in err and "Traceback" not in err
+    assert proc.returncode == code, err
+    assert word in err and "Traceback" not in err
     assert _staging(out_dir) == []
     assert not dest.exists()
     assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(("signum", "code", "word"), SIGNALS)
+def test_signal_during_batch_keeps_finished_pairs_and_reports_incomplete(tmp_path: Path, signum: int, code: int,
+                                                                         word: str) -> None:
+    import json
+
+    from napari_medgen.core.io import write_volume
+    from tests.conftest import brats_phantom
+
+    image, _ = brats_phantom((40, 40, 40))
+    scans = [write_volume(image, tmp_path / f"case{i}.nii.gz") for i in range(3)]
+    out_dir = tmp_path / "aug"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "napari_medgen.cli", "batch", *map(str, scans), "--out-dir",
+                             str(out_dir), "--variants", "2", "--volume-range", "800,1500", "--margin-mm", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    manifest = out_dir / "manifest-rank0.json"
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            if manifest.is_file() and json.loads(manifest.read_text())["items"]:
+                break
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            pytest.fail(f"the batch ended before it could be interrupted: {proc.communicate()}")
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code, err
+    assert word in err and "Traceback" not in err
+    leftovers = [p for p in out_dir.rglob("*") if TMP_SUFFIX in p.name]
+    assert leftovers == []
+    report = json.loads(manifest.read_text())
+    assert report["complete"] is False and report["items"]
+    for item in report["items"]:  # what the manifest lists was written completely
+        assert (out_dir / item["image"]).is_file() and (out_dir / item["mask"]).is_file()
