@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,27 @@ def _staging(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.name.endswith(TMP_SUFFIX)]
 
 
+def _interrupt(args: list[str], ready: Callable[[], bool], signum: int, timeout: float) -> tuple[int, str]:
+    """Run ``medgen ARGS``, send ``signum`` once ``ready()`` holds; (exit code, stderr). Fails the test if the
+    command ends before it could be interrupted."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "napari_medgen.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and not ready() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if proc.poll() is not None or not ready():
+            pytest.fail(f"medgen {args[0]} ended before it could be interrupted: {proc.communicate()}")
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
+
+
 SIGNALS = [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "interrupted")]
 
 
@@ -34,22 +56,8 @@ def test_signal_during_convert_leaves_nothing_behind(tmp_path: Path, signum: int
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     dest = out_dir / "big.nii.gz"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "napari_medgen.cli", "convert", str(src), str(dest)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not _staging(out_dir) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if proc.poll() is not None or not _staging(out_dir):
-            pytest.fail(f"no staging folder appeared before the write ended: {proc.communicate()}")
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == code, err
+    returncode, err = _interrupt(["convert", str(src), str(dest)], lambda: bool(_staging(out_dir)), signum, 120)
+    assert returncode == code, err
     assert word in err and "Traceback" not in err
     assert _staging(out_dir) == []
     assert not dest.exists()
@@ -67,26 +75,18 @@ def test_signal_during_batch_keeps_finished_pairs_and_reports_incomplete(tmp_pat
     image, _ = brats_phantom((40, 40, 40))
     scans = [write_volume(image, tmp_path / f"case{i}.nii.gz") for i in range(3)]
     out_dir = tmp_path / "aug"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "napari_medgen.cli", "batch", *map(str, scans), "--out-dir",
-                             str(out_dir), "--variants", "2", "--volume-range", "800,1500", "--margin-mm", "4"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     manifest = out_dir / "manifest-rank0.json"
-    try:
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
-            if manifest.is_file() and json.loads(manifest.read_text())["items"]:
-                break
-            time.sleep(0.05)
-        if proc.poll() is not None:
-            pytest.fail(f"the batch ended before it could be interrupted: {proc.communicate()}")
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == code, err
+
+    def first_pair_written() -> bool:
+        try:
+            return bool(json.loads(manifest.read_text())["items"])
+        except (OSError, ValueError, KeyError):
+            return False
+
+    args = ["batch", *map(str, scans), "--out-dir", str(out_dir), "--variants", "2", "--volume-range", "800,1500",
+            "--margin-mm", "4"]
+    returncode, err = _interrupt(args, first_pair_written, signum, 300)
+    assert returncode == code, err
     assert word in err and "Traceback" not in err
     leftovers = [p for p in out_dir.rglob("*") if TMP_SUFFIX in p.name]
     assert leftovers == []

@@ -139,15 +139,7 @@ class JobRunner:
 
     def wait(self, timeout: float | None = None, interval: float = 0.05) -> JobState:
         """Poll until the job ends (scripts, tests, Slicer's self-test); ``timeout`` seconds, then cancel."""
-        import time
-
-        start = time.monotonic()
-        while self.poll() is JobState.RUNNING:
-            if timeout is not None and time.monotonic() - start > timeout:
-                self.cancel()
-                break
-            time.sleep(interval)
-        return self.state
+        return wait_for(self, timeout, interval)
 
     def cancel(self) -> None:
         """Stop the worker (its whole process group) and remove the job folder; a no-op once the job has ended."""
@@ -217,3 +209,17 @@ def _terminate(process: subprocess.Popen[str], grace: float = 5.0) -> None:
 
 
 __all__ = ["JobRunner", "JobState", "WORKER", "new_job_folder", "python_executable"]
+
+
+def wait_for(job: Any, timeout: float | None = None, interval: float = 0.05) -> JobState:
+    """Poll ``job`` (anything with ``poll()``, ``cancel()`` and ``state``) until it ends; after ``timeout`` seconds
+    cancel it. Outside Slicer's event loop only: the module's widget polls with a QTimer instead."""
+    import time
+
+    start = time.monotonic()
+    while job.poll() is JobState.RUNNING:
+        if timeout is not None and time.monotonic() - start > timeout:
+            job.cancel()
+            break
+        time.sleep(interval)
+    return job.state

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from MedGenLib import conversions
-from MedGenLib.jobs import JobRunner, JobState, new_job_folder
+from MedGenLib.jobs import JobRunner, JobState, new_job_folder, wait_for
 
 #: operation -> (title shown in the module, needs a volume, needs segments, needs a point)
 OPERATIONS: dict[str, tuple[str, bool, bool, str]] = {
@@ -326,15 +326,8 @@ class OperationRun:
         return self.runner.state
 
     def wait(self, timeout: float | None = None, interval: float = 0.05) -> JobState:
-        import time
-
-        start = time.monotonic()
-        while self.poll() is JobState.RUNNING:
-            if timeout is not None and time.monotonic() - start > timeout:
-                self.cancel()
-                break
-            time.sleep(interval)
-        return self.state
+        """Poll until the operation ends (scripts, tests, the self-test); after ``timeout`` seconds cancel it."""
+        return wait_for(self, timeout, interval)
 
     def cancel(self) -> None:
         """Stop the worker and remove its files; the scene is not touched."""
