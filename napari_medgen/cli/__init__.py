@@ -16,7 +16,8 @@ import threading
 from napari_medgen.cli._common import app, console, run_with_progress
 
 #: the command modules, in the order their commands appear in ``medgen --help``
-COMMAND_MODULES = ("io_commands", "train", "radiomics", "shape", "slice_diffusion", "tumour", "demo")
+COMMAND_MODULES = ("io_commands", "train", "radiomics", "shape", "slice_diffusion", "tumour", "compose", "lesion_pairs",
+                   "demo")
 for _name in COMMAND_MODULES:
     importlib.import_module(f"napari_medgen.cli.{_name}")
 

@@ -170,7 +170,8 @@ def test_training_steps_export_and_hub_round_trip(tmp_path: Path) -> None:
     config_file.write_text(json.dumps(cfg), encoding="utf-8")  # JSON is valid YAML
     assert get_task("shape-gan").__name__ == "ShapeGanTask"
     out = train_from_config("shape-gan", config_file)
-    log = [json.loads(line) for line in (Path(cfg["out_dir"]) / "loss_log.jsonl").read_text().splitlines()]
+    log_file = Path(cfg["out_dir"]) / "loss_log.jsonl"
+    log = [json.loads(line) for line in log_file.read_text(encoding="utf-8").splitlines()]
     assert [r["step"] for r in log] == [1, 2]
     assert {"generator/consistency", "discriminator/hinge"} <= set(log[-1]["losses"])
     model = from_pretrained(out, expected_type="shape-gan")
@@ -178,7 +179,7 @@ def test_training_steps_export_and_hub_round_trip(tmp_path: Path) -> None:
     assert extra["regions"] == ["necrotic_core", "tumour_core"] and model.config["out_channels"] == 2
     assert len(extra["normalizer"]["names"]) == model.config["num_features"] == 22
     assert set(extra["controls"]) >= {"VoxelVolume", "Sphericity"}
-    card = (out / "README.md").read_text()
+    card = (out / "README.md").read_text(encoding="utf-8")
     assert "## Training data" in card and "3 real tumour components" in card
     probs = model.sample(torch.zeros(1, 22), generator=torch.Generator().manual_seed(0))
     assert probs.shape == (1, 2, 16, 16, 16) and torch.all(probs[:, 0] <= probs[:, 1])

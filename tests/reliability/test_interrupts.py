@@ -79,7 +79,7 @@ def test_signal_during_batch_keeps_finished_pairs_and_reports_incomplete(tmp_pat
 
     def first_pair_written() -> bool:
         try:
-            return bool(json.loads(manifest.read_text())["items"])
+            return bool(json.loads(manifest.read_text(encoding="utf-8"))["items"])
         except (OSError, ValueError, KeyError):
             return False
 
@@ -90,7 +90,7 @@ def test_signal_during_batch_keeps_finished_pairs_and_reports_incomplete(tmp_pat
     assert word in err and "Traceback" not in err
     leftovers = [p for p in out_dir.rglob("*") if TMP_SUFFIX in p.name]
     assert leftovers == []
-    report = json.loads(manifest.read_text())
+    report = json.loads(manifest.read_text(encoding="utf-8"))
     assert report["complete"] is False and report["items"]
     for item in report["items"]:  # what the manifest lists was written completely
         assert (out_dir / item["image"]).is_file() and (out_dir / item["mask"]).is_file()

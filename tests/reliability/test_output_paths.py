@@ -50,7 +50,7 @@ def test_parent_that_is_a_file_is_a_one_line_error(tmp_path: Path, case: tuple[P
     assert isinstance(result.exception, SystemExit)
     lines = [line for line in result.output.splitlines() if line.strip() and "%" not in line]
     assert lines[-1].startswith("error: Cannot write ") and "is a file, not a folder" in lines[-1], result.output
-    assert blocker.read_text() == "not a folder"
+    assert blocker.read_text(encoding="utf-8") == "not a folder"
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")

@@ -62,7 +62,8 @@ def test_schema_table_matches_installed_pyradiomics() -> None:
     radiomics = pytest.importorskip("radiomics")
     import yaml
 
-    schema = yaml.safe_load((Path(radiomics.__file__).parent / "schemas" / "paramSchema.yaml").read_text())
+    schema_file = Path(radiomics.__file__).parent / "schemas" / "paramSchema.yaml"
+    schema = yaml.safe_load(schema_file.read_text(encoding="utf-8"))
     theirs = schema["mapping"]["setting"]["mapping"]
     assert set(theirs) == set(SETTING_RULES)
     for key, spec in theirs.items():

@@ -76,7 +76,8 @@ def test_errors_are_messages_not_tracebacks() -> None:
         if isinstance(f, ast.FunctionDef) and f.name in ("onApplyButton", "onExportTable", "onInstallButton"):
             handlers = [h for h in ast.walk(f) if isinstance(h, ast.ExceptHandler)]
             assert handlers and all("userMessage" in ast.unparse(h) for h in handlers), f.name
-    assert "import traceback" not in MODULE.read_text()  # tracebacks go to the log (logging), never to a dialog
+    # tracebacks go to the log (logging), never to a dialog
+    assert "import traceback" not in MODULE.read_text(encoding="utf-8")
 
 
 def test_ui_is_valid_designer_xml_matching_the_module() -> None:
@@ -91,8 +92,8 @@ def test_ui_is_valid_designer_xml_matching_the_module() -> None:
     used = {w.get("class") for w in root.iter("widget")}
     assert {c for c in used if not c.startswith("Q")} <= custom
     # every self.ui.<name> the module uses exists in the .ui
-    referenced = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
-    from_fields = set(re.findall(r'"(\w+(?:LineEdit|SpinBox|Slider))"', MODULE.read_text()))
+    referenced = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text(encoding="utf-8")))
+    from_fields = set(re.findall(r'"(\w+(?:LineEdit|SpinBox|Slider))"', MODULE.read_text(encoding="utf-8")))
     assert referenced | from_fields <= set(widgets), (referenced | from_fields) - set(widgets)
     # every SlicerParameterName is a field of the parameter node
     params = {p.findtext("string") for p in root.iter("property") if p.get("name") == "SlicerParameterName"}
@@ -107,7 +108,7 @@ def test_ui_is_valid_designer_xml_matching_the_module() -> None:
 
 
 def test_cmake_lists_every_file_and_they_exist() -> None:
-    text = (MODULE_DIR / "CMakeLists.txt").read_text()
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     blocks = re.findall(r"set\((MODULE_PYTHON_SCRIPTS|MODULE_PYTHON_RESOURCES)(.*?)\)", text, re.S)
     paths = [p.replace("${MODULE_NAME}", "MedGen") for _, body in blocks for p in body.split()]
     assert "MedGen.py" in paths and "Resources/UI/MedGen.ui" in paths and "Resources/Icons/MedGen.png" in paths
@@ -115,7 +116,7 @@ def test_cmake_lists_every_file_and_they_exist() -> None:
         assert (MODULE_DIR / path).is_file(), path
     for script in LIB.glob("*.py"):
         assert f"${{MODULE_NAME}}Lib/{script.name}" in text, script.name
-    top = (REPO_ROOT / "slicer_module" / "CMakeLists.txt").read_text()
+    top = (REPO_ROOT / "slicer_module" / "CMakeLists.txt").read_text(encoding="utf-8")
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_DESCRIPTION", "EXTENSION_DEPENDS",
                 "find_package(Slicer REQUIRED)", "add_subdirectory(MedGen)", "Slicer_EXTENSION_GENERATE_CONFIG"):
         assert key in top
@@ -125,9 +126,9 @@ def test_cmake_lists_every_file_and_they_exist() -> None:
 def test_lib_is_headless_and_modules_are_short() -> None:
     """MedGenLib must run without Slicer's GUI: no qt, ctk, slicer.util, slicer.app or slicer.modules."""
     for path in [*LIB.glob("*.py"), MODULE]:
-        assert len(path.read_text().splitlines()) <= 700, path.name
+        assert len(path.read_text(encoding="utf-8").splitlines()) <= 700, path.name
     for path in LIB.glob("*.py"):
-        source = path.read_text()
+        source = path.read_text(encoding="utf-8")
         tree = ast.parse(source)
         for node in ast.walk(tree):
             if isinstance(node, ast.Import | ast.ImportFrom):

@@ -86,7 +86,7 @@ def test_radiomics_table_matches_the_backend_and_exports_csv(scene, shared_data:
         assert got[name] == pytest.approx(value, rel=1e-12, nan_ok=True), name
     assert got["original_shape_VoxelVolume"] == pytest.approx(16412.6, rel=1e-3)  # pyradiomics' baseline value
     out = operations.export_table_csv(table, tmp_path / "features.csv")
-    lines = out.read_text().splitlines()
+    lines = out.read_text(encoding="utf-8").splitlines()
     assert lines[0].replace('"', "") == "Feature,lesion" and len(lines) == len(expected) + 1
     assert not run.folder.exists()
 
