@@ -254,7 +254,66 @@ def walkthrough_screenshots(out: Path, data_dir: Path) -> Path:
     return _grab(viewer, out)
 
 
+def composition_screenshot(out: Path, data_dir: Path) -> Path:
+    """ "Tumour composition" on BUSI: a test-split benign tumour composed into a tumour-free (normal/) background
+    at a point, seed 000's method on the bundled mask-ablated backbone (the dock's worker path)."""
+    import napari
+
+    from napari_medgen.widgets.composition import CompositionWidget
+
+    busi = data_dir.parent.parent / "busi"
+    viewer = napari.Viewer(show=True, title="napari-medgen: compose a real tumour into a tumour-free image")
+    viewer.window._qt_window.resize(1500, 950)
+    [background] = viewer.open(str(busi / "normal" / "normal (1).png"), plugin="napari-medgen")
+    [tumour] = viewer.open(str(busi / "benign" / "benign (1).png"), plugin="napari-medgen")
+    [mask] = viewer.open(str(busi / "benign" / "benign (1)_mask.png"), plugin="napari-medgen")
+    tumour.visible = mask.visible = False
+    centre = np.array(background.data.shape[-2:]) * np.array([0.55, 0.45])
+    points = viewer.add_points([background.data_to_world([0, *centre])], name="target", size=12, face_color="red",
+                               units=tuple(background.units))
+    widget = CompositionWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Tumour composition", area="right")
+    widget.reset_choices()
+    widget._background.value, widget._object.value, widget._object_labels.value = background, tumour, mask
+    widget._points.value = points
+    widget._run.clicked.emit()
+    _wait(widget, "composition")
+    image, placed = widget.last_layers
+    background.visible = points.visible = False
+    placed.contour = 1
+    viewer.layers.selection = {image}
+    viewer.reset_view()
+    return _grab(viewer, out)
+
+
+def lesion_pairs_screenshot(out: Path, data_dir: Path) -> Path:
+    """ "Lesion pairs (attention masks)": a painted layout, 4 dermoscopy images generated with layout guidance by the
+    bundled PH2 model, and the masks read from its attention (the dock's worker path)."""
+    import napari
+
+    from napari_medgen.widgets.lesion_pairs import LesionPairsWidget
+
+    viewer = napari.Viewer(show=True, title="napari-medgen: lesion images with attention-derived masks")
+    viewer.window._qt_window.resize(1500, 950)
+    yy, xx = np.mgrid[:64, :64]
+    paint = (((yy - 34) / 16.0) ** 2 + ((xx - 28) / 12.0) ** 2 < 1).astype(np.uint8)
+    layout = viewer.add_labels(paint, name="painted layout")
+    widget = LesionPairsWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Lesion pairs", area="right")
+    widget._layout.value = layout
+    widget._n.value = 4
+    widget._generate.clicked.emit()
+    _wait(widget, "lesion pairs")
+    images, masks = widget.last_layers
+    layout.contour, masks.contour = 1, 1
+    viewer.grid.enabled, viewer.grid.shape = False, (1, 1)
+    viewer.reset_view()
+    return _grab(viewer, out)
+
+
 SCREENSHOTS = {
+    "composition_widget.png": composition_screenshot,
+    "lesion_pairs_widget.png": lesion_pairs_screenshot,
     "walkthrough_grid.png": walkthrough_screenshots,
     "napari_reader.png": reader_screenshot,
     "radiomics_widget.png": radiomics_widget_screenshot,
