@@ -87,6 +87,20 @@ class JobWidget(Container):
         self._outcome: str | None = None  # "returned", "error" or "aborted" once the worker says so
         self.worker: Any = None
         self._cancel.changed.connect(self.cancel)
+        viewer.layers.events.inserted.connect(self._match_units, position="first")
+
+    def _match_units(self, event: Any) -> None:
+        """A points or shapes layer the user adds gets napari's default pixel units, next to our layers in mm:
+        napari then warns "Inconsistent units across layers" and drops units from the display. Give the new layer
+        mm when the layers it joins are all in mm (its coordinates are world millimetres already)."""
+        layer = getattr(event, "value", None)
+        if type(layer).__name__ not in ("Points", "Shapes") or not hasattr(layer, "units"):
+            return
+        others = [other for other in self._viewer.layers if other is not layer and hasattr(other, "units")]
+        if not others or any({str(u) for u in other.units} != {"millimeter"} for other in others):
+            return
+        if {str(u) for u in layer.units} == {"pixel"}:
+            layer.units = ("mm",) * len(layer.units)
 
     def job_controls(self, *run_buttons: PushButton) -> list[Widget]:
         """The shared rows, placed after the widget's own inputs: device, the run button(s) (several in one

@@ -335,3 +335,20 @@ def test_synthesis_steps_follow_the_model(make_napari_viewer, request, tiny_brid
     assert widget._steps.value == resolve_steps(str(tiny_bridge))
     widget._model.value = str(tiny_editor)  # the brain editor has no steps: the box is disabled
     assert not widget._steps.enabled
+
+
+def test_points_and_shapes_added_by_hand_join_the_mm_layers(make_napari_viewer) -> None:
+    from napari_medgen.widgets.radiomics_table import RadiomicsTableWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((4, 8, 8), np.float32), units=("mm", "mm", "mm"))
+    widget = RadiomicsTableWidget(viewer)  # kept: napari holds its callbacks weakly, as a docked widget is held
+    points = viewer.add_points(np.zeros((1, 3)))
+    shapes = viewer.add_shapes([np.array([[0.0, 0, 0], [0, 2, 0], [0, 2, 2]])], shape_type="polygon")
+    assert {str(u) for u in points.units} == {"millimeter"} and {str(u) for u in shapes.units} == {"millimeter"}
+    assert viewer.layers.extent.units is not None  # consistent: napari keeps using the units
+    pixel_viewer = make_napari_viewer()
+    pixel_viewer.add_image(np.zeros((4, 8, 8), np.float32))  # a plain napari image in pixels: left alone
+    other = RadiomicsTableWidget(pixel_viewer)
+    assert {str(u) for u in pixel_viewer.add_points(np.zeros((1, 3))).units} == {"pixel"}
+    assert widget is not other
