@@ -190,9 +190,15 @@ def refuse_input_overwrite(
     folder (resolved through links), or a folder output that holds an input (it is replaced whole) -- unless
     ``--overwrite-input`` was given. Cheap (no file is read): commands call it before any other work.
     ``outputs`` are (option name, path) pairs; ``inputs`` that do not exist (model names) are skipped.
-    ``replaces_folder=False`` for outputs written *into* a folder (``batch --out-dir``)."""
-    if overwrite_input:
-        return
+    ``replaces_folder=False`` for outputs written *into* a folder (``batch --out-dir``). Outputs that cannot be
+    created are refused here too (`refuse_unwritable`), so every writing command gets both checks from one call."""
+    if not overwrite_input:
+        _refuse_inputs_as_outputs(outputs, inputs, replaces_folder)
+    refuse_unwritable(outputs)
+
+
+def _refuse_inputs_as_outputs(outputs: Sequence[tuple[str, Path | None]], inputs: Sequence[Path | str | None],
+                              replaces_folder: bool) -> None:
     sources = [Path(p).expanduser() for p in inputs if p is not None and str(p) != ""]
     sources = [p for p in sources if p.exists()]  # model names, absent files: nothing to lose
     for option, out in outputs:
@@ -236,5 +242,4 @@ def preflight(seed: int, outputs: Sequence[tuple[str, Path | None]], inputs: Seq
     if steps is not None and steps < 1:
         fail(MedGenError(f"--steps must be at least 1; got {steps}."))
     refuse_input_overwrite(outputs, inputs, overwrite_input)
-    refuse_unwritable(outputs)
     return use_device(device)

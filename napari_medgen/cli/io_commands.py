@@ -14,7 +14,6 @@ from napari_medgen.cli._common import (
     console,
     fail,
     refuse_input_overwrite,
-    refuse_unwritable,
 )
 from napari_medgen.errors import MedGenError
 
@@ -48,7 +47,6 @@ def convert(
 ) -> None:
     """Convert between NIfTI, NRRD, MetaImage and DICOM series, keeping spacing, origin and direction."""
     refuse_input_overwrite([("DESTINATION", destination)], [source], overwrite_input)
-    refuse_unwritable([("DESTINATION", destination)])
     from napari_medgen.core import io
 
     try:

@@ -13,7 +13,6 @@ from napari_medgen.cli._common import (
     console,
     fail,
     refuse_input_overwrite,
-    refuse_unwritable,
     run_with_progress,
 )
 from napari_medgen.errors import MedGenError
@@ -59,7 +58,6 @@ def radiomics(
 ) -> None:
     """Radiomics features with pyradiomics names and values (shape, first-order and texture classes)."""
     refuse_input_overwrite([("--out", out)], [image, label, params], overwrite_input)
-    refuse_unwritable([("--out", out)])
     from napari_medgen.pipelines.radiomics_extraction import feature_rows_job
     from napari_medgen.radiomics.params import RadiomicsParams, load_params
     from napari_medgen.radiomics.settings import RadiomicsSettings

@@ -23,7 +23,6 @@ from napari_medgen.cli._common import (
     preflight,
     refuse_bad_seed,
     refuse_input_overwrite,
-    refuse_unwritable,
     run_with_progress,
     tumour_summary,
     use_device,
@@ -442,7 +441,6 @@ def _refuse_batch_overwrite(inputs: list[Path], out_dir: Path, variants: int, mo
     from napari_medgen.pipelines.augmentation import find_cases
 
     refuse_input_overwrite([("--out-dir", out_dir)], [*inputs, model], overwrite_input, replaces_folder=False)
-    refuse_unwritable([("--out-dir", out_dir)])
     if overwrite_input:
         return
     try:
