@@ -17,15 +17,17 @@ Protocol (as the challenge builds its test set; merged from the former ``benchma
   percentiles of the voided image and clipped below at 0). The call is cut to the mask's bounding box + 12 voxels
   (same numbers, checked once per run against the full call: ``crop_check`` in the JSON).
 
-Methods: ``mean``, ``harmonic`` (brain-aware), ``mirror``, ``mirror-harmonic`` and ``model`` (the learned
-`Inpainter`, ``--model``) all through ``pipelines.tumour_removal.inpaint`` as a user calls it; ``previous`` = the
+Methods: ``mean``, ``harmonic`` (brain-aware), ``atlas-harmonic`` (the MNI152 atlas registered to the voided scan,
+`core.atlas`), ``mirror``, ``mirror-harmonic``, ``model`` (the learned `Inpainter`, ``--model``) and ``model v1``
+(the first inpainter, without the atlas estimate, ``--v1-model``, when its checkpoint is present) all through
+``pipelines.tumour_removal.inpaint`` as a user calls it; ``previous`` = the
 previously bundled latent Brownian bridge (``pipelines.tumor_synthesis.remove``, bridge-brain-t1c, margin 0) at each
 of ``--bridge-steps`` (the first on everything, the others on T1c raw-like only: steps vs quality).
 
 Scans the project has never seen: the MNI152 T1 template (nilearn; healthy, symmetric: mirror fills are trivially
-exact there, so only mean / harmonic / model / previous are run) and the pyradiomics brain1 / brain2 T1c scans
-(raw int16, 6.5 mm slices, skull not stripped; the bridge refuses the spacing). The MONAI and MedPy brain files are
-listed with why they cannot be used.
+exact there, and it IS the atlas, so only mean / harmonic / model v1 / previous are run) and the pyradiomics
+brain1 / brain2 T1c scans (raw int16, 6.5 mm slices, skull not stripped; the bridge refuses the spacing). The MONAI
+and MedPy brain files are listed with why they cannot be used.
 
 Also: the speed of one edit of a 240x240x155 scan with a 60-100 cm3 region (model on 1 and 2 threads, the bridge at
 its default steps), montages (axial + coronal crops around the mask, one window per row), and the synthesis
@@ -69,9 +71,10 @@ CORE_LABELS = (1, 3, 4)
 HELD_OUT = ("brats_2013_pat0001_1", "brats_2013_pat0004_1")
 TRAINING = ("brats_2013_pat0002_1", "brats_2013_pat0003_1", "brats_2013_pat0005_1")
 SEQUENCES = {"T1c": "T1c_subtrMeanDivStd.nii.gz", "FLAIR": "Flair_subtrMeanDivStd.nii.gz"}
-CLASSICAL = ("mean", "harmonic", "mirror", "mirror-harmonic")
-ALL_METHODS = (*CLASSICAL, "model", "previous")
-MONTAGE_COLUMNS = ("truth", "voided", "mean", "harmonic", "mirror-harmonic", "model", "previous")
+CLASSICAL = ("mean", "harmonic", "atlas-harmonic", "mirror", "mirror-harmonic")
+ALL_METHODS = (*CLASSICAL, "model", "model v1", "previous")
+MONTAGE_COLUMNS = ("truth", "voided", "harmonic", "atlas-harmonic", "mirror-harmonic", "model v1", "model", "previous")
+V1_MODEL: str | None = None  # the first inpainter (no atlas estimate), set by main() from --v1-model
 BRIDGE = "bridge-brain-t1c"
 RAW_TOP = 3000.0  # the brain's 99.5th percentile in the raw-like convention
 GAP_MM = 6.0  # every mask voxel >= 6 voxels (1 mm) from the tumour: a gap of >= 5 voxels
@@ -219,6 +222,8 @@ def run_method(method: str, voided: Volume, mask: np.ndarray, model: str, steps:
         return np.asarray(remove(voided, labels, model=BRIDGE, steps=int(steps), margin_mm=0.0, seed=0).image.array)
     from napari_medgen.pipelines.tumour_removal import inpaint
 
+    if method == "model v1":
+        return np.asarray(inpaint(voided, mask, method="model", model=V1_MODEL).image.array)
     return np.asarray(inpaint(voided, mask, method=method, model=model).image.array)
 
 
@@ -541,9 +546,10 @@ def render_markdown(result: dict) -> str:
     lines += [result["synthesis_markdown"].rstrip(), "", "### Montages", ""]
     for m in result["montages"]:
         lines.append(f"- `{m}`")
-    lines += ["", "Columns: truth (mask outlined in red) | voided | mean | harmonic | mirror-harmonic | model | "
-              "previous (bridge); axial and coronal crops around the mask, nearest-neighbour zoom, one window per row "
-              "(1-99 % of the truth's brain). A dark-red tile = method not run on that scan.", ""]
+    lines += ["", "Columns: " + " | ".join(MONTAGE_COLUMNS).replace("truth", "truth (mask outlined in red)")
+              .replace("previous", "previous (bridge)") + "; axial and coronal crops around the mask, "
+              "nearest-neighbour zoom, one window per row (1-99 % of the truth's brain). A dark-red tile = method "
+              "not run on that scan.", ""]
     if result.get("quick"):
         lines.append("**Quick mode** (one case, one mask, T1c only): a smoke test, not a result.")
         lines.append("")
@@ -608,6 +614,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--model", default=None, help="Inpainter checkpoint (default: bundled inpainter-brain, "
                         "else outputs/inpainter-brain/model)")
+    parser.add_argument("--v1-model", default=str(ROOT / "outputs" / "inpainter-brain" / "model"),
+                        help="the first inpainter (no atlas estimate) for the 'model v1' rows; skipped if absent")
     parser.add_argument("--model-label", default=None, help="free text describing the checkpoint (e.g. 'untrained')")
     parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
     parser.add_argument("--bridge-steps", type=int, nargs="+", default=[20, 50],
@@ -639,10 +647,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     methods = [m for m in args.methods if m != "model" or model is not None]
     if "model" in args.methods and model is None:
         print("no Inpainter checkpoint found: the model row is skipped (pass --model FOLDER)", flush=True)
+    global V1_MODEL
+    V1_MODEL = resolve_model(args.v1_model) if "model v1" in methods and (Path(args.v1_model) / "config.json"
+                                                                          ).is_file() else None
+    if V1_MODEL is None:
+        methods = [m for m in methods if m != "model v1"]
     from napari_medgen.hub import load_cached
 
     if model is not None:
         load_cached(model, expected_type="inpainter")  # loaded once, outside the timings
+    if V1_MODEL is not None:
+        load_cached(V1_MODEL, expected_type="inpainter")
     if "previous" in methods:
         load_cached(BRIDGE, expected_type="bridge-unet")
     first = [(m, args.bridge_steps[0]) for m in methods]
@@ -698,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rng = np.random.default_rng([args.seed, 100])
     masks = make_masks(mni_brain, None, cores, args.unseen_masks, rng, mni.spacing_zyx)
     mask_cm3["MNI152 T1"] = ", ".join(f"{m.sum() / 1000:.0f}" for m, _ in masks)
-    mni_methods = [(m, s) for m, s in first if m in ("mean", "harmonic", "model", "previous")]
+    mni_methods = [(m, s) for m, s in first if m in ("mean", "harmonic", "model v1", "previous")]
     largest = int(np.argmax([m.sum() for m, _ in masks])) if masks else -1
     for index, (mask, donor) in enumerate(masks):
         keep = {} if index == largest else None
@@ -711,9 +726,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     unseen_notes["MNI152 T1 (nilearn)"] = (
         "healthy 1 mm template, so the whole mask is truth; it is left-right symmetric, so mirror and "
         "mirror-harmonic copy the exact answer (not run, meaningless); it is an average of 152 brains, smoother "
-        "than any scan, and uint8: it shows whether a method reproduces smooth anatomy, not scanner texture. The "
-        "model's inputs include the mirror-harmonic estimate, which is near-exact on a symmetric template, so its "
-        "advantage over harmonic here is partly that symmetry, not learned anatomy.")
+        "than any scan, and uint8: it shows whether a method reproduces smooth anatomy, not scanner texture. It is "
+        "also the atlas that atlas-harmonic and the model register to the scan, so they would copy the answer: not "
+        "run. model v1's inputs include the mirror-harmonic estimate, which is near-exact on a symmetric template, so "
+        "its advantage over harmonic here is partly that symmetry, not learned anatomy.")
     for scan in ("brain1", "brain2"):
         folder = data / "pyradiomics" / "data"
         if not (folder / f"{scan}_image.nrrd").is_file():
@@ -770,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
             loadavg = " ".join(f"{v:.2f}" for v in os.getloadavg())
             timings = []
-            plan = [(m, 1) for m in ("harmonic", "mirror-harmonic") if m in methods]
+            plan = [(m, 1) for m in ("harmonic", "atlas-harmonic", "mirror-harmonic") if m in methods]
             if model is not None:
                 plan += [("model", 1), ("model", min(2, os.cpu_count() or 1))]
             if "previous" in methods:

@@ -7,17 +7,15 @@ drops geometry shows it at once.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
 from napari_medgen.core.volume import LabelMap, Volume
-from napari_medgen.errors import InvalidInputError, UnsupportedFormatError
+from napari_medgen.errors import InvalidInputError
 
 PHANTOM_SHAPE = (64, 96, 96)
 PHANTOM_SPACING = (2.0, 2.0, 2.5)
-MNI152_T1_FILE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 
 TUMOUR_LABEL = 1
 NECROSIS_LABEL = 2
@@ -128,19 +126,9 @@ def make_phantom(
 
 def mni152_t1_path() -> Path:
     """Path of the MNI152 2009a T1 template shipped inside the installed ``nilearn`` wheel (no network)."""
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise UnsupportedFormatError(
-            "The MNI152 sample needs the 'nilearn' package: pip install nilearn (it ships the template)."
-        )
-    for root in spec.submodule_search_locations:
-        path = Path(root) / "datasets" / "data" / MNI152_T1_FILE
-        if path.is_file():
-            return path
-    raise UnsupportedFormatError(
-        f"{MNI152_T1_FILE} was not found inside the installed nilearn package; reinstall nilearn "
-        "(pip install --force-reinstall nilearn)."
-    )
+    from napari_medgen.core.atlas import atlas_file
+
+    return atlas_file("t1")
 
 
 def load_mni152_t1() -> Volume:

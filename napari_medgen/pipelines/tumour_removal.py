@@ -8,9 +8,11 @@ identical result. Intensities are normalised from the healthy brain around the r
 (`models.inpainter.brain_range`), so raw scanner units (int16 BraTS 2023) and z-scored scans (BRATS 2013) both
 work, and the result comes back in the scan's units and dtype.
 
-Methods (``method``): ``"model"`` (default: the `Inpainter` network over the harmonic and mirror-harmonic
-estimates, `models.inpainter`), and the classical fills it is measured against (`core.inpainting`):
-``"harmonic"`` (brain-aware), ``"mirror-harmonic"``, ``"mirror"``, ``"mean"``.
+Methods (``method``): ``"model"`` (default: the `Inpainter` network over the harmonic, mirror-harmonic and, for
+atlas models, atlas-guided estimates, `models.inpainter`), and the classical fills it is measured against
+(`core.inpainting`, `core.atlas`): ``"harmonic"`` (brain-aware), ``"atlas-harmonic"`` (the MNI152 atlas registered
+to the scan, blended in the gradient domain), ``"mirror-harmonic"``, ``"mirror"``, ``"mean"``. The atlas needs the
+scan's true orientation (its direction matrix), which every reader here keeps.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from napari_medgen.core.volume import LabelMap, Volume
 from napari_medgen.errors import DimensionError, InvalidInputError
 
 DEFAULT_MODEL = "inpainter-brain"
-METHODS = ("model", "harmonic", "mirror-harmonic", "mirror", "mean")
+METHODS = ("model", "harmonic", "atlas-harmonic", "mirror-harmonic", "mirror", "mean")
 _STAGES = 3
 
 
@@ -76,15 +78,27 @@ def to_scan_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return values.astype(dtype)
 
 
-def _classical(method: str, norm: np.ndarray, region: np.ndarray, spacing: tuple[float, float, float],
-               brain: np.ndarray) -> np.ndarray:
+def _classical(method: str, norm: np.ndarray, region: np.ndarray, volume: Volume,
+               brain: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """(fill, report entries) of one classical method on the normalised scan."""
     from napari_medgen.core import inpainting
 
+    spacing = tuple(float(s) for s in volume.spacing_zyx)
     if method == "harmonic":
-        return inpainting.harmonic_fill(norm, region, spacing_zyx=spacing, brain=brain, brain_aware=True)
+        return inpainting.harmonic_fill(norm, region, spacing_zyx=spacing, brain=brain, brain_aware=True), {}
+    if method == "atlas-harmonic":
+        from napari_medgen.core.atlas import atlas_harmonic_fill, register_atlas
+
+        try:
+            tissue = register_atlas(norm, brain & ~region, spacing, volume.origin, volume.direction)
+        except InvalidInputError as error:
+            fill = inpainting.harmonic_fill(norm, region, spacing_zyx=spacing, brain=brain, brain_aware=True)
+            return fill, {"atlas_used": False, "atlas_note": str(error)}
+        fill, fit = atlas_harmonic_fill(norm, region, spacing_zyx=spacing, brain=brain, tissue=tissue)
+        return fill, {"atlas_used": fit.used, "atlas_r2": float(fit.r2), "atlas_note": fit.reason}
     fill = {"mirror-harmonic": inpainting.mirror_harmonic_fill, "mirror": inpainting.mirror_fill,
             "mean": inpainting.mean_fill}[method]
-    return fill(norm, region, spacing_zyx=spacing, brain=brain)
+    return fill(norm, region, spacing_zyx=spacing, brain=brain), {}
 
 
 def inpaint_job(
@@ -115,16 +129,22 @@ def inpaint_job(
                               "region_cm3": float(mask.sum() * np.prod(spacing) / 1000.0)}
     if net is None:
         norm = (known - low) / (high - low)
-        filled = _classical(method, norm, mask, spacing, brain)
+        filled, notes = _classical(method, norm, mask, volume, brain)
+        report.update(notes)
         yield ProgressEvent(2, _STAGES, "removing tumour", method)
     else:
         inputs = prepare(known, mask, spacing, work_mm=float(net.config["work_mm"]), crop=int(net.config["crop_size"]),
-                         brain=brain)
+                         brain=brain, atlas=bool(net.config.get("atlas", False)), origin=volume.origin,
+                         direction=volume.direction)
         yield ProgressEvent(1, _STAGES, "removing tumour", "inpainting network")
         weight, residual = net.predict(inputs)
         filled = combine(inputs, weight, residual)
         report.update({"model": str(model), "work_mm": float(inputs.grid_mm),
-                       "mirror_weight_mean": float(weight.mean())})
+                       "mirror_weight_mean": float(weight[0].mean())})
+        if inputs.atlas is not None:
+            report.update({"atlas_weight_mean": float(weight[1].mean()), "atlas_used": not inputs.atlas_note,
+                           "atlas_note": inputs.atlas_note,
+                           "atlas_r2": None if inputs.atlas_r2 is None else float(inputs.atlas_r2)})
         yield ProgressEvent(2, _STAGES, "removing tumour", "combining")
     out = arr.copy()
     out[mask] = to_scan_dtype(filled[mask].astype(np.float64) * (high - low) + low, arr.dtype)

@@ -5,7 +5,8 @@ flipped, rotated and rescaled) placed at least `GAP_VOXELS` from the scan's own 
 inside the brain, then cut to the brain. Its inputs are made by `models.inpainter.prepare` from the scan with the
 region hidden, exactly as at inference; its target is the true tissue on the same coarse grid.
 
-Building an item costs a harmonic and a mirror-harmonic fill (about a second), so a pool is built once per run,
+Building an item costs a harmonic, a mirror-harmonic and (atlas models) an atlas-guided fill (about a second; the
+atlas is registered once per scan, with the scan's tumour left out), so a pool is built once per run,
 cached as one ``.npz`` beside the run's checkpoints (a resumed run reuses it), and items are drawn from it with
 left-right / front-back flips.
 """
@@ -40,6 +41,7 @@ class Scan:
     spacing_zyx: tuple[float, float, float]
     mirror_index: int
     labels: np.ndarray | None = None  # the full label map (sub-regions), kept when appearance is fitted
+    tissue: dict[str, np.ndarray] | None = None  # the atlas registered to this scan (`core.atlas.register_atlas`)
 
 
 def tumour_shapes(label_maps: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -96,11 +98,12 @@ def place_region(scan: Scan, shape: np.ndarray, rng: np.random.Generator, tries:
 
 
 def make_item(scan: Scan, region: np.ndarray, work_mm: float, crop: int) -> dict[str, np.ndarray]:
-    """Network input and coarse target of one placed region."""
+    """Network input and coarse target of one placed region (with the atlas estimate when the scan has its
+    registered atlas)."""
     from napari_medgen.models.inpainter import prepare, sample_coarse
 
     inputs = prepare(scan.image, region, scan.spacing_zyx, work_mm=work_mm, crop=crop, brain=scan.brain,
-                     mirror_index=scan.mirror_index)
+                     mirror_index=scan.mirror_index, atlas=scan.tissue is not None, tissue=scan.tissue)
     truth = (scan.image - inputs.low) / (inputs.high - inputs.low)
     target = sample_coarse(truth, inputs.grid_start, inputs.grid_steps, crop)
     return {"inputs": inputs.coarse.astype(np.float16), "target": target.astype(np.float16)[None]}

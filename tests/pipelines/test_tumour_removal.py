@@ -30,6 +30,20 @@ def tiny_inpainter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return model.save_pretrained(tmp_path_factory.mktemp("inpainter") / "model")
 
 
+@pytest.fixture(scope="module")
+def tiny_atlas_inpainter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from napari_medgen.models.inpainter import Inpainter
+
+    torch.manual_seed(0)
+    model = Inpainter(channels=(4, 8), crop_size=16, work_mm=3.0, atlas=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.save_pretrained(tmp_path_factory.mktemp("atlas-inpainter") / "model")
+
+
 @pytest.fixture
 def scan() -> tuple[Volume, LabelMap]:
     from napari_medgen.sample_data import make_phantom
@@ -59,6 +73,34 @@ def test_only_the_region_changes_and_nothing_under_it_is_read(scan, tiny_inpaint
     inside = out[region].astype(float)
     brain = source[~region & (source > 100)].astype(float)
     assert brain.min() - 1 <= inside.mean() <= brain.max() + 1  # tissue-like values, not a blob outside the range
+
+
+def test_an_atlas_model_reads_nothing_under_the_region_and_reports_the_atlas(scan, tiny_atlas_inpainter: Path
+                                                                             ) -> None:
+    volume, labels = scan
+    region = np.asarray(labels.array) > 0
+    first = inpaint(volume, labels, model=tiny_atlas_inpainter)
+    arr = np.array(volume.array)
+    arr[region] = 0
+    again = inpaint(volume.with_array(arr), labels, model=tiny_atlas_inpainter)
+    np.testing.assert_array_equal(again.image.array, first.image.array)
+    np.testing.assert_array_equal(np.asarray(first.image.array)[~region], np.asarray(volume.array)[~region])
+    report = first.report
+    assert {"atlas_weight_mean", "atlas_used", "atlas_note", "atlas_r2"} <= set(report)
+    assert report["atlas_used"] == (report["atlas_note"] == "")
+
+
+def test_a_model_refuses_inputs_prepared_for_another_model(scan, tiny_inpainter: Path,
+                                                           tiny_atlas_inpainter: Path) -> None:
+    from napari_medgen.hub import load_cached
+    from napari_medgen.models.inpainter import prepare
+
+    volume, labels = scan
+    region = np.asarray(labels.array) > 0
+    plain = prepare(np.asarray(volume.array), region, volume.spacing_zyx, work_mm=3.0, crop=16)
+    with pytest.raises(InvalidInputError, match="this model takes 5"):
+        load_cached(tiny_atlas_inpainter, expected_type="inpainter").predict(plain)
+    assert load_cached(tiny_inpainter, expected_type="inpainter").predict(plain)[0].shape[0] == 1
 
 
 def test_scanner_units_and_z_scores_give_the_same_tissue(scan, tiny_inpainter: Path) -> None:

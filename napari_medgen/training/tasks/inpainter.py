@@ -1,9 +1,10 @@
 """``medgen train inpainter``: healthy-tissue inpainting (tumour removal) on top of classical estimates.
 
 The network (`models.inpainter.Inpainter`) learns, from regions of healthy brain hidden the way the BraTS
-inpainting challenge hides them (`training.inpaint_dataset`), how much of the contralateral (mirror-harmonic)
-detail to take and which smooth residual to add to the harmonic fill. The loss is the squared error inside the
-region on the coarse grid (PSNR is what the challenge reports), plus a little L1 for robustness.
+inpainting challenge hides them (`training.inpaint_dataset`), how much of the contralateral (mirror-harmonic) and
+(``model.atlas``) the registered-atlas detail to take and which smooth residual to add to the harmonic fill. The
+loss is the squared error inside the region on the coarse grid (PSNR is what the challenge reports), plus a little
+L1 for robustness.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from napari_medgen.errors import ConfigError
 from napari_medgen.models.inpainter import Inpainter
 from napari_medgen.training.inpaint_dataset import (
+    GAP_VOXELS,
     InpaintItems,
     Scan,
     build_pool,
@@ -67,6 +69,7 @@ class InpainterModelConfig:
     num_res_units: int = 1
     crop_size: int = 64
     work_mm: float = 2.0
+    atlas: bool = False  # add the MNI152 atlas estimate (core.atlas) as a third input
     l1_weight: float = 0.1
 
 
@@ -83,8 +86,9 @@ def normalised(scan: Scan) -> np.ndarray:
     return (scan.image - low) / (high - low)
 
 
-def _load_scans(pairs: list[Any], extra: list[str], with_labels: bool = False) -> list[Scan]:
-    """Every image (and extra sequence) of the cases with its tumour, brain and symmetry plane."""
+def _load_scans(pairs: list[Any], extra: list[str], with_labels: bool = False, atlas: bool = False) -> list[Scan]:
+    """Every image (and extra sequence) of the cases with its tumour, brain and symmetry plane (and, with
+    ``atlas``, the MNI152 atlas registered to the healthy brain, the dilated tumour left out)."""
     from napari_medgen.core.inpainting import default_brain_mask, estimate_mirror_index
     from napari_medgen.core.io import read_volume
     from napari_medgen.training.datasets import load_case
@@ -103,9 +107,17 @@ def _load_scans(pairs: list[Any], extra: list[str], with_labels: bool = False) -
             none = np.zeros(array.shape, dtype=bool)
             brain = default_brain_mask(array, none)
             mirror = 0 if with_labels else int(estimate_mirror_index(array, brain, labels > 0))
+            tissue = None
+            if atlas:
+                from scipy import ndimage
+
+                from napari_medgen.core.atlas import register_atlas
+
+                valid = brain & ~ndimage.binary_dilation(labels > 0, iterations=GAP_VOXELS)
+                tissue = register_atlas(array, valid, volume.spacing_zyx, volume.origin, volume.direction)
             scans.append(Scan(f"{pair.case_id}/{path.name}", array, labels > 0, brain,
                               tuple(float(s) for s in volume.spacing_zyx), mirror,
-                              labels if with_labels else None))
+                              labels if with_labels else None, tissue))
     return scans
 
 
@@ -126,7 +138,7 @@ class InpainterTask(TrainingTask):
         m: InpainterModelConfig = self.model_config
         try:
             return Inpainter(channels=m.channels, num_res_units=m.num_res_units, crop_size=m.crop_size,
-                             work_mm=m.work_mm)
+                             work_mm=m.work_mm, atlas=m.atlas)
         except Exception as error:  # noqa: BLE001 - any construction problem is a config problem
             raise ConfigError(f"Inpainter settings do not fit together: {error}") from error
 
@@ -139,9 +151,12 @@ class InpainterTask(TrainingTask):
         d: InpainterDataConfig = self.data_config
         train_pairs = self._split_pairs("train")
         shapes = tumour_shapes([load_case(p).labels for p in train_pairs])
-        scans = _load_scans(self._split_pairs(split), d.extra_images)
+        atlas = bool(self.model_config.atlas)
+        scans = _load_scans(self._split_pairs(split), d.extra_images, atlas=atlas)
         settings = {"split": split, "cases": [s.name for s in scans], "shapes": len(shapes), "size": size,
                     "seed": seed, "work_mm_range": list(d.work_mm_range), "crop": self.model_config.crop_size}
+        if atlas:
+            settings["atlas"] = True
         path = Path(self.config.out_dir) / f"pool-{split}-{pool_key(settings)}.npz"
         return load_or_build_pool(path, lambda: build_pool(scans, shapes, size, work_mm_range=tuple(d.work_mm_range),
                                                            crop=self.model_config.crop_size, seed=seed))
@@ -154,14 +169,17 @@ class InpainterTask(TrainingTask):
 
     @staticmethod
     def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        w, r = model(x)
-        harmonic, mirror = x[:, :1], x[:, 1:2]
-        return harmonic + w * (mirror - harmonic) + r
+        return (model.module if hasattr(model, "module") else model).blend(x)
+
+    def _region_channel(self) -> int:
+        """Index of the region-fraction input channel (after the estimates)."""
+        return 2 + int(bool(self.model_config.atlas))
 
     def compute_loss(self, optimizer: str, batch: Any, models: Mapping[str, nn.Module], step: int) -> LossDict:
         x, target = batch["inputs"].float(), batch["target"].float()
         prediction = self._predict(models["inpainter"], x)
-        inside = (x[:, 2:3] > 0.5).float()
+        c = self._region_channel()
+        inside = (x[:, c:c + 1] > 0.5).float()
         count = inside.sum().clamp(min=1.0)
         error = prediction - target
         mse = (error.pow(2) * inside).sum() / count
@@ -179,9 +197,13 @@ class InpainterTask(TrainingTask):
         pool = self._items("val", d.eval_items, d.split_seed + 1)
         x = torch.from_numpy(pool["inputs"].astype(np.float32)).to(device)
         target = torch.from_numpy(pool["target"].astype(np.float32)).to(device)
-        inside = x[:, 2:3] > 0.5
+        c = self._region_channel()
+        inside = x[:, c:c + 1] > 0.5
+        candidates = [("model", self._predict(model, x)), ("harmonic", x[:, :1]), ("mirror", x[:, 1:2])]
+        if self.model_config.atlas:
+            candidates.append(("atlas", x[:, 2:3]))
         out = {}
-        for name, prediction in (("model", self._predict(model, x)), ("harmonic", x[:, :1]), ("mirror", x[:, 1:2])):
+        for name, prediction in candidates:
             out[f"val_{name}_psnr"] = psnr(float(((prediction - target) ** 2)[inside].mean()), data_range=1.0)
         return out
 
