@@ -203,22 +203,34 @@ def atlas_harmonic_fill(
     *,
     spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
     brain: np.ndarray,
-    tissue: dict[str, np.ndarray],
+    tissue: dict[str, np.ndarray] | None = None,
     harmonic: np.ndarray | None = None,
+    origin: Sequence[float] = (0.0, 0.0, 0.0),
+    direction: Sequence[float] = (1, 0, 0, 0, 1, 0, 0, 0, 1),
 ) -> tuple[np.ndarray, AtlasFit]:
     """(fill, fit): the mapped atlas blended in the gradient domain, ``atlas + harmonic(image - atlas)`` inside
-    the region, so the atlas brings structure and the harmonic correction removes any seam at the edge. Falls back
-    to the brain-aware harmonic fill (``harmonic`` if given) when the atlas is not trusted (`AtlasFit.used`)."""
+    the region, so the atlas brings structure and the harmonic correction removes any seam at the edge.
+
+    ``tissue`` (from `register_atlas`) skips the registration; without it the atlas is registered here to the
+    healthy brain (``brain`` outside ``region``) with the scan's ``origin`` and ``direction``. Falls back to the
+    brain-aware harmonic fill (``harmonic`` if given) when the atlas cannot be registered or is not trusted
+    (`AtlasFit.used`; ``r2`` is NaN when the registration itself failed)."""
     from napari_medgen.core.inpainting import harmonic_fill
 
     region = np.asarray(region, dtype=bool)
     spacing = tuple(float(s) for s in spacing_zyx)
     known = np.where(region, 0.0, np.asarray(image, dtype=np.float32)).astype(np.float32)
-    fit = fit_atlas_intensity(known, region, brain, tissue, spacing)
-    if harmonic is None or not fit.used:
-        base = harmonic_fill(known, region, spacing_zyx=spacing, brain=brain, brain_aware=True)
-        harmonic = base if harmonic is None else harmonic
+    fit: AtlasFit | None = None
+    if tissue is None:
+        try:
+            tissue = register_atlas(known, brain & ~region, spacing, origin, direction)
+        except InvalidInputError as error:
+            fit = AtlasFit(None, float("nan"), False, str(error))
+    if fit is None:
+        fit = fit_atlas_intensity(known, region, brain, tissue, spacing)
     if not fit.used:
+        if harmonic is None:
+            harmonic = harmonic_fill(known, region, spacing_zyx=spacing, brain=brain, brain_aware=True)
         return harmonic.astype(np.float32, copy=True), fit
     mismatch = np.where(region, 0.0, known - fit.estimate).astype(np.float32)
     correction = harmonic_fill(mismatch, region, spacing_zyx=spacing, brain=brain, brain_aware=True)

@@ -163,7 +163,11 @@ def prepare(image: np.ndarray, region: np.ndarray, spacing_zyx: Sequence[float],
     mirror = mirror_harmonic_fill(norm, region, spacing_zyx=spacing, brain=brain, mirror_index=mirror_index)
     atlas_fill, atlas_r2, note = None, None, ""
     if atlas:
-        atlas_fill, atlas_r2, note = _atlas_estimate(norm, region, brain, spacing, harmonic, tissue, origin, direction)
+        from napari_medgen.core.atlas import atlas_harmonic_fill
+
+        atlas_fill, fit = atlas_harmonic_fill(norm, region, spacing_zyx=spacing, brain=brain, tissue=tissue,
+                                              harmonic=harmonic, origin=origin, direction=direction)
+        atlas_r2, note = (None if np.isnan(fit.r2) else fit.r2), fit.reason
     start, mm, steps = coarse_grid(region, spacing, work_mm, crop)
     estimates = [harmonic, mirror] + ([] if atlas_fill is None else [atlas_fill])
     channels = [sample_coarse(e, start, steps, crop) for e in estimates]
@@ -171,21 +175,6 @@ def prepare(image: np.ndarray, region: np.ndarray, spacing_zyx: Sequence[float],
                  sample_coarse(brain.astype(np.float32), start, steps, crop)]
     return InpaintInputs(harmonic, mirror, region, np.stack(channels).astype(np.float32), start, mm, steps, low, high,
                          atlas_fill, atlas_r2, note)
-
-
-def _atlas_estimate(norm: np.ndarray, region: np.ndarray, brain: np.ndarray, spacing: tuple[float, float, float],
-                    harmonic: np.ndarray, tissue: dict[str, np.ndarray] | None, origin: Sequence[float],
-                    direction: Sequence[float]) -> tuple[np.ndarray, float | None, str]:
-    """(atlas-guided fill, R^2 of its intensity fit, note); the harmonic fill itself when the atlas fails."""
-    from napari_medgen.core.atlas import atlas_harmonic_fill, register_atlas
-
-    if tissue is None:
-        try:
-            tissue = register_atlas(norm, brain & ~region, spacing, origin, direction)
-        except InvalidInputError as error:
-            return harmonic, None, str(error)
-    fill, fit = atlas_harmonic_fill(norm, region, spacing_zyx=spacing, brain=brain, tissue=tissue, harmonic=harmonic)
-    return fill, fit.r2, fit.reason
 
 
 def combine(inputs: InpaintInputs, weight: np.ndarray, residual: np.ndarray) -> np.ndarray:

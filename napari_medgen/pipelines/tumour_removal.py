@@ -87,15 +87,12 @@ def _classical(method: str, norm: np.ndarray, region: np.ndarray, volume: Volume
     if method == "harmonic":
         return inpainting.harmonic_fill(norm, region, spacing_zyx=spacing, brain=brain, brain_aware=True), {}
     if method == "atlas-harmonic":
-        from napari_medgen.core.atlas import atlas_harmonic_fill, register_atlas
+        from napari_medgen.core.atlas import atlas_harmonic_fill
 
-        try:
-            tissue = register_atlas(norm, brain & ~region, spacing, volume.origin, volume.direction)
-        except InvalidInputError as error:
-            fill = inpainting.harmonic_fill(norm, region, spacing_zyx=spacing, brain=brain, brain_aware=True)
-            return fill, {"atlas_used": False, "atlas_note": str(error)}
-        fill, fit = atlas_harmonic_fill(norm, region, spacing_zyx=spacing, brain=brain, tissue=tissue)
-        return fill, {"atlas_used": fit.used, "atlas_r2": float(fit.r2), "atlas_note": fit.reason}
+        fill, fit = atlas_harmonic_fill(norm, region, spacing_zyx=spacing, brain=brain, origin=volume.origin,
+                                        direction=volume.direction)
+        return fill, {"atlas_used": fit.used, "atlas_r2": None if np.isnan(fit.r2) else float(fit.r2),
+                      "atlas_note": fit.reason}
     fill = {"mirror-harmonic": inpainting.mirror_harmonic_fill, "mirror": inpainting.mirror_fill,
             "mean": inpainting.mean_fill}[method]
     return fill(norm, region, spacing_zyx=spacing, brain=brain), {}
